@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything vnic needs on a fresh Debian bookworm machine (idempotent):
+# Debian packages for the lab, a virtual environment in .venv, and vnic installed into it
+# (which also builds the C extension of the offload target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+    || need+=(python3-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "[setup] installing Debian packages: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "[setup] missing Debian packages (run as root to install): ${need[*]}" >&2
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    python3 -m venv .venv
+fi
+echo "[setup] installing vnic and its test tools into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c 'import vnic, tcpip, ndis, offload_target' || { echo "[setup] install failed" >&2; exit 1; }
+echo "[setup] done: .venv/bin/vnic --help"

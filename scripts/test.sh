@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up, lint, run the suite, then the sanitizer run of the
+# C extension.  Extra arguments go to pytest.  System tests (TAP + namespaces) run when root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "[test] ruff"
+.venv/bin/ruff check .
+echo "[test] pytest"
+.venv/bin/python -m pytest -q "$@"
+if [ -f scripts/asan-tests.sh ]; then
+    echo "[test] C extension under AddressSanitizer + UndefinedBehaviorSanitizer"
+    bash scripts/asan-tests.sh
+fi

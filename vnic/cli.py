@@ -1,0 +1,248 @@
+"""The ``vnic`` command line.
+
+Every user mistake ends in one clear line on stderr and exit status 2, never a traceback.
+Library code logs; only this module prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ran and found a problem (a stream not intact, a check failed)
+EXIT_USAGE = 2  # the user asked for something we cannot do as asked
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+def parse_size(text: str) -> int:
+    """``"64M"`` -> 64_000_000, ``"64MiB"`` -> 67_108_864, ``"1500"`` -> 1500."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (examples: 1500, 64K, 16MiB, 1G)")
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value < 0 or value > 1 << 40:
+        raise argparse.ArgumentTypeError(f"size out of range: {text!r}")
+    return int(value)
+
+
+def probability(text: str) -> float:
+    """Accept ``0.01`` or ``1%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a probability: {text!r} (examples: 0.01, 1%)") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"probability must be within 0..1 (or 0%..100%): {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(render(result))
+
+
+# --------------------------------------------------------------------------------------- commands
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from vnic import transfer
+
+    options = transfer.TransferOptions(
+        size=args.bytes, direction=args.direction, connections=args.connections,
+        loss=args.loss, reorder=args.reorder, duplicate=args.duplicate, seed=args.seed,
+        sim=args.sim, pcap=args.pcap, timeout=args.timeout,
+        progress=None if args.json else _progress_printer())
+    result = transfer.run_transfer(options)
+    emit(result, args.json, transfer.render_result)
+    return EXIT_OK if result["intact"] else EXIT_FAILED
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from vnic import labcmd
+
+    return labcmd.lab_up(services=not args.no_services, pcap=args.pcap,
+                         progress=_progress_printer())
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from vnic import labcmd
+
+    result = labcmd.lab_down(name=args.name)
+    emit(result, args.json, labcmd.render_down)
+    return EXIT_OK
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from vnic import labcmd
+
+    result = labcmd.lab_status()
+    emit(result, args.json, labcmd.render_status)
+    return EXIT_OK
+
+
+def cmd_bench_host(args: argparse.Namespace) -> int:
+    from vnic import bench
+
+    result = bench.bench_host(size=args.bytes, progress=None if args.json else _progress_printer())
+    emit(result, args.json, bench.render_host)
+    return EXIT_OK
+
+
+def cmd_bench_table(args: argparse.Namespace) -> int:
+    from vnic import bench
+
+    result = bench.bench_table(connections=args.connections, memory_connections=args.memory_connections,
+                               progress=None if args.json else _progress_printer())
+    emit(result, args.json, bench.render_table)
+    return EXIT_OK
+
+
+def _progress_printer() -> Callable[[str], None]:
+    def progress(message: str) -> None:
+        print(f"  .. {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+# ----------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vnic",
+        description=(
+            "vnic: an emulated TCP-chimney offload NIC on a Linux TAP device, a host TCP/IP stack "
+            "in Python, and a real Linux kernel TCP peer in a network namespace."),
+        epilog="Most commands need root (TAP devices and network namespaces); "
+               "`--sim` runs the same job on a simulated wire without privileges.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log state changes (-v) or everything (-vv) to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "transfer", help="move data between the host stack and the Linux peer and check it",
+        description=(
+            "The host stack exchanges data with the Linux kernel peer (a source/sink in the peer "
+            "namespace) and reports, per connection and direction, the bytes, whether the SHA-256 "
+            "of what arrived equals what was sent, throughput, retransmissions and RSTs seen. "
+            "Exit status 0 only if every stream is intact."))
+    p.add_argument("--bytes", type=parse_size, default=parse_size("16MiB"), metavar="SIZE",
+                   help="bytes per connection and direction (e.g. 64MiB; default 16MiB)")
+    p.add_argument("--direction", choices=("up", "down", "both"), default="both",
+                   help="up = host to peer, down = peer to host, both (default)")
+    p.add_argument("--connections", type=positive_int, default=1, metavar="N",
+                   help="concurrent connections (default 1)")
+    p.add_argument("--loss", type=probability, default=0.0, metavar="P",
+                   help="drop probability per frame on the TAP path, each direction (0.01 or 1%%)")
+    p.add_argument("--reorder", type=probability, default=0.0, metavar="P",
+                   help="probability that a frame is held back behind later ones")
+    p.add_argument("--duplicate", type=probability, default=0.0, metavar="P",
+                   help="probability that a frame is delivered twice")
+    p.add_argument("--seed", type=int, default=1, metavar="S",
+                   help="seed for faults, ISNs and payload (default 1)")
+    p.add_argument("--sim", action="store_true",
+                   help="run against a second host stack on a simulated wire (virtual clock)")
+    p.add_argument("--pcap", metavar="FILE", help="write every frame to this pcapng file")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="give up after this long (default 600)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_transfer)
+
+    lab = sub.add_parser("lab", help="bring a lab up or down, or show it",
+                         description="A lab is a TAP device whose kernel side sits in a fresh "
+                                     "network namespace with the Linux peer, and the emulated "
+                                     "host behind the TAP fd.")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    up = lab_sub.add_parser("up", help="run a lab in the foreground until Ctrl-C or `vnic lab down`",
+                            description="Creates the namespace and TAP, starts the host stack with "
+                                        "echo (7), discard (9) and chargen (19), prints how to "
+                                        "reach them (ip netns exec NS nc HOST 7) and runs until "
+                                        "Ctrl-C or `vnic lab down`; always cleans up.")
+    up.add_argument("--no-services", action="store_true", help="do not start echo/discard/chargen")
+    up.add_argument("--pcap", metavar="FILE", help="capture every frame to this pcapng file")
+    up.set_defaults(func=cmd_lab_up)
+    down = lab_sub.add_parser("down", help="stop running labs and remove stale ones")
+    down.add_argument("--name", help="only this lab (default: all vnic labs on this machine)")
+    down.add_argument("--json", action="store_true")
+    down.set_defaults(func=cmd_lab_down)
+    status = lab_sub.add_parser("status", help="list labs: namespace, interfaces, addresses, counters")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_lab_status)
+
+    bench = sub.add_parser("bench", help="measure throughput and table rates (ratios in one run)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+    host = bench_sub.add_parser("host", help="host-stack throughput vs kernel-to-kernel veth",
+                                description="Upload and download MB/s of the host stack over TAP "
+                                            "against the kernel peer, next to kernel-to-kernel "
+                                            "veth throughput measured in the same run.")
+    host.add_argument("--bytes", type=parse_size, default=parse_size("64MiB"), metavar="SIZE")
+    host.add_argument("--json", action="store_true")
+    host.set_defaults(func=cmd_bench_host)
+    table = bench_sub.add_parser("table", help="C connection table vs its Python twin",
+                                 description="Insert / lookup / remove rates of the C table and "
+                                             "the Python twin through the same API, the ratio, "
+                                             "and memory per connection.")
+    table.add_argument("--connections", type=positive_int, default=200_000, metavar="N",
+                       help="connections for the rate measurement (default 200000)")
+    table.add_argument("--memory-connections", type=positive_int, default=1_000_000, metavar="N",
+                       help="connections for the memory measurement (default 1000000)")
+    table.add_argument("--json", action="store_true")
+    table.set_defaults(func=cmd_bench_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    func = getattr(args, "func", None)
+    if func is None:
+        # `vnic`, `vnic lab`, `vnic bench` without an action: show the relevant help.
+        target = {"lab": "lab", "bench": "bench"}.get(args.command or "")
+        if target:
+            parser.parse_args([target, "--help"])
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"vnic: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vnic: interrupted; cleaned up", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
