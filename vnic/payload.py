@@ -1,0 +1,118 @@
+"""Deterministic test payload shared by the kernel peer agent and the host side.
+
+The stream for ``seed`` is a sequence of 64 KiB units; unit ``j`` is the 8-byte big-endian index
+``j`` followed by a 65528-byte block derived from the seed (a SHA-256 chain). The index makes the
+stream aperiodic (a segment delivered at the wrong 64 KiB offset changes the digest), the fixed
+block keeps generation at memory speed. Both ends compute the same SHA-256 incrementally.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+
+UNIT = 65536
+_INDEX = struct.Struct(">Q")
+_BLOCK_LEN = UNIT - _INDEX.size
+
+
+@functools.lru_cache(maxsize=64)
+def _block(seed: int) -> bytes:
+    h = hashlib.sha256(b"vnic-payload:%d" % seed).digest()
+    parts = []
+    for _ in range((_BLOCK_LEN + 31) // 32):
+        h = hashlib.sha256(h).digest()
+        parts.append(h)
+    return b"".join(parts)[:_BLOCK_LEN]
+
+
+def _unit(seed: int, index: int) -> bytes:
+    return _INDEX.pack(index) + _block(seed)
+
+
+def payload_bytes(seed: int, offset: int, length: int) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the stream for ``seed``."""
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must be >= 0")
+    out = []
+    while length > 0:
+        index, within = divmod(offset, UNIT)
+        take = min(length, UNIT - within)
+        out.append(_unit(seed, index)[within : within + take])
+        offset += take
+        length -= take
+    return b"".join(out)
+
+
+class PayloadStream:
+    """Reads the stream for ``seed`` sequentially (optionally bounded by ``size``)."""
+
+    __slots__ = ("seed", "size", "position", "_unit_index", "_unit")
+
+    def __init__(self, seed: int, size: int | None = None) -> None:
+        self.seed = seed
+        self.size = size
+        self.position = 0
+        self._unit_index = -1
+        self._unit = b""
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.size is None else self.size - self.position
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` next bytes (``b""`` at the end of a bounded stream)."""
+        if self.size is not None:
+            n = min(n, self.size - self.position)
+        if n <= 0:
+            return b""
+        out = []
+        pos = self.position
+        end = pos + n
+        while pos < end:
+            index, within = divmod(pos, UNIT)
+            if index != self._unit_index:
+                self._unit = _unit(self.seed, index)
+                self._unit_index = index
+            take = min(end - pos, UNIT - within)
+            out.append(self._unit[within : within + take] if take != UNIT else self._unit)
+            pos += take
+        self.position = end
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+class StreamDigest:
+    """Incremental SHA-256 plus a byte count (the verdict of one direction of a connection)."""
+
+    __slots__ = ("_h", "count")
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.count = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._h.update(data)
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"bytes": self.count, "sha256": self.hexdigest()}
+
+
+def payload_digest(seed: int, size: int) -> str:
+    """SHA-256 (hex) of the first ``size`` bytes of the stream for ``seed``."""
+    d = StreamDigest()
+    s = PayloadStream(seed, size)
+    while True:
+        chunk = s.read(1 << 20)
+        if not chunk:
+            return d.hexdigest()
+        d.update(chunk)
+
+
+def connection_seed(seed: int, index: int) -> int:
+    """Seed of the ``index``-th connection of an agent started with ``seed``."""
+    return seed + index
