@@ -190,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="do not start echo/discard/chargen")
     up.add_argument("--pcap", metavar="FILE", help="capture every frame to this pcapng file")
     up.set_defaults(func=cmd_lab_up)
-    down = lab_sub.add_parser("down", help="stop running labs and remove stale ones")
-    down.add_argument("--name", help="only this lab (default: all vnic labs on this machine)")
+    down = lab_sub.add_parser("down", help="stop labs started by `vnic lab up`; remove stale ones",
+                              description="Stops every lab that `vnic lab up` runs on this machine "
+                                          "(or only --name), and removes labs whose owner process "
+                                          "is gone. Labs of running tests or transfers are left "
+                                          "alone unless named.")
+    down.add_argument("--name", help="only this lab (any kind), e.g. vnic7")
     down.add_argument("--json", action="store_true")
     down.set_defaults(func=cmd_lab_down)
     status = lab_sub.add_parser("status", help="list labs: namespace, interfaces, addresses, counters")
