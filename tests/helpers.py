@@ -1,8 +1,9 @@
-"""Small test helpers shared by unit tests (no I/O, no sleeps)."""
+"""Small test helpers shared by unit, sim and system tests (no I/O, no sleeps)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from vnic.node import FrameNode
 
@@ -69,3 +70,58 @@ class FramePair:
             if self.now - start > timeout:
                 raise AssertionError(f"condition still false after {timeout} virtual seconds")
         raise AssertionError(f"condition still false after {max_steps} steps")
+
+
+# ---- frame inspection (RST accounting) ------------------------------------------------------
+
+TCP_RST = 0x04
+
+
+def tcp_flags(frame: bytes) -> int | None:
+    """The TCP flags byte of an untagged Ethernet/IPv4/TCP frame, or None for anything else."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    off = 14 + (frame[14] & 0x0F) * 4
+    if len(frame) < off + 14:
+        return None
+    return frame[off + 13]
+
+
+def is_rst(frame: bytes) -> bool:
+    flags = tcp_flags(frame)
+    return flags is not None and bool(flags & TCP_RST)
+
+
+class FrameRecorder:
+    """Wraps a FrameNode and records what it transmits (before any wire fault): every RST
+    frame, and the number of frames.  Transparent to the wire (same FrameNode API)."""
+
+    def __init__(self, node: FrameNode) -> None:
+        self.node = node
+        self.frames_out = 0
+        self.rst_frames: list[bytes] = []
+        self.rst_times: list[float] = []
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.node.receive_frame(frame, now)
+
+    def poll(self, now: float) -> list[bytes]:
+        out = self.node.poll(now)
+        self.frames_out += len(out)
+        for frame in out:
+            if is_rst(frame):
+                self.rst_frames.append(frame)
+                self.rst_times.append(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.node.next_deadline()
+
+
+def tcp_connection(conn: Any) -> Any:
+    """The host ``TcpConnection`` behind what the streams hand out (``get_extra_info(
+    "connection")``): the stack's stable socket record (``tcpip.offload_socket.TcpSocket``,
+    whose ``host_connection`` is the engine while the connection is in the host) or, in older
+    stacks, the connection itself.  Tests read engine details (``rcv_nxt``, state hooks) here."""
+    engine = getattr(conn, "host_connection", None)
+    return engine if engine is not None else conn
