@@ -64,6 +64,8 @@ __all__ = ["HostStack", "StackCounters"]
 log = logging.getLogger(__name__)
 
 ConnKey = tuple[bytes, int, int]  # (remote IP, remote port, local port); the local IP is ours
+# A parked (offloaded) connection's segment handler: (segment, source IP, destination IP, now).
+ParkedHandler = Callable[[TcpSegment, bytes, bytes, float], None]
 
 # RFC 6335 section 6 suggests 49152-65535; Linux uses net.ipv4.ip_local_port_range 32768-60999.
 EPHEMERAL_PORTS = (32768, 60999)
@@ -173,6 +175,11 @@ class HostStack:
         self._listeners: dict[int, _Listener] = {}
         self._embryonic: dict[ConnKey, _Listener] = {}
         self._dirty: dict[ConnKey, None] = {}  # insertion-ordered set: deterministic replays
+        # Offload support (tcpip.offload): stable per-connection socket records that streams
+        # hold, connections parked while the chimney owns them, and services polled with us.
+        self._sockets: dict[ConnKey, Any] = {}
+        self._parked: dict[ConnKey, ParkedHandler] = {}
+        self._services: list[Any] = []
         self._deadlines: dict[ConnKey, float] = {}
         self._timers: list[tuple[float, int, ConnKey]] = []
         self._timer_seq = 0
@@ -201,7 +208,7 @@ class HostStack:
 
     def four_tuple(self, conn: TcpConnection) -> tuple[bytes, int, bytes, int] | None:
         """``(local_ip, local_port, remote_ip, remote_port)`` of a connection of this stack."""
-        key = self._keys.get(id(conn))
+        key = self.connection_key(conn)
         if key is None:
             return None
         return (self.ip, key[2], key[0], key[1])
@@ -227,7 +234,7 @@ class HostStack:
         if local_port is None:
             local_port = self._ephemeral_port(rip, remote_port)
         key = (rip, remote_port, local_port)
-        if key in self._conns:
+        if key in self._conns or key in self._parked:
             raise OSError(errno.EADDRINUSE, f"{four_tuple(self.ip, local_port, rip, remote_port)}")
         iss = self.rng.getrandbits(32)  # RFC 9293 section 3.4.1 / RFC 6528, from the seeded rng
         conn = _engine().TcpConnection.connect(
@@ -260,9 +267,100 @@ class HostStack:
         """Tell the stack that ``conn`` may have output (call after send/close/abort/receive
         from outside the streams API, which calls it for you)."""
         key = self._keys.get(id(conn))
-        if key is not None:
+        if key is None:
+            key = getattr(conn, "key", None)  # a tcpip.offload_socket.TcpSocket
+        if key is not None and key in self._conns:
             self._dirty[key] = None
         self.scheduler.notify(conn)
+        if key is not None:
+            self._notify(key, self._conns.get(key))
+
+    # ---- offload support (tcpip.offload) ----------------------------------------------------
+
+    def socket(self, conn: Any) -> Any:
+        """The stable per-connection record (:class:`tcpip.offload_socket.TcpSocket`) that
+        applications (the streams) hold: it routes their calls to the host connection or, while
+        the connection is offloaded, to the chimney.  Created on first use."""
+        from tcpip.offload_socket import TcpSocket
+
+        if isinstance(conn, TcpSocket):
+            return conn
+        key = self._keys.get(id(conn))
+        if key is None:
+            raise KeyError(f"{conn!r} is not a connection of {self.name}")
+        sock = self._sockets.get(key)
+        if sock is None:
+            sock = self._sockets[key] = TcpSocket(self, conn, key)
+        return sock
+
+    def socket_for_key(self, key: ConnKey) -> Any | None:
+        return self._sockets.get(key)
+
+    def connection_key(self, conn: Any) -> ConnKey | None:
+        key = self._keys.get(id(conn))
+        return key if key is not None else getattr(conn, "key", None)
+
+    def detach(self, conn: TcpConnection, on_segment: ParkedHandler) -> ConnKey:
+        """Take ``conn`` out of the demultiplexer while the chimney owns it: its 4-tuple stays
+        reserved and segments for it go to ``on_segment`` (reference c.3: forwarded, or buffered
+        during a terminate).  Its timers stop; the stable socket record stays."""
+        key = self._keys.pop(id(conn))
+        del self._conns[key]
+        self._deadlines.pop(key, None)
+        self._dirty.pop(key, None)
+        self._parked[key] = on_segment
+        return key
+
+    def attach(self, conn: TcpConnection, key: ConnKey) -> None:
+        """Put ``conn`` (the detached one, or one rebuilt with ``TcpConnection.from_snapshot``)
+        back under ``key``; it is polled at once."""
+        self._parked.pop(key, None)
+        self._conns[key] = conn
+        self._keys[id(conn)] = key
+        self._dirty[key] = None
+        self.scheduler.notify(conn)
+        self._notify(key, conn)
+
+    def release(self, key: ConnKey) -> None:
+        """Forget a parked connection that will not come back (lost, reset, closed offloaded)."""
+        if self._parked.pop(key, None) is not None:
+            self.counters.connections_closed += 1
+        sock = self._sockets.pop(key, None)
+        if sock is not None:
+            self.scheduler.notify(sock)
+
+    def is_parked(self, key: ConnKey) -> bool:
+        return key in self._parked
+
+    def deliver_tcp(self, seg: TcpSegment, src_ip: bytes, dst_ip: bytes, now: float) -> None:
+        """Process a segment as if it had just arrived (segments buffered during a terminate,
+        processed after the resume, reference c.3)."""
+        self._now = now
+        self._deliver_tcp(seg, src_ip, dst_ip, now)
+
+    def transmit(self, segments: list[TcpSegment], remote_ip: bytes, now: float) -> None:
+        """Send segments a connection produced outside ``poll`` (e.g. ``flush_ack``)."""
+        for seg in segments:
+            self._send_tcp(seg, remote_ip, now)
+
+    def next_hop(self, dst: bytes) -> bytes | None:
+        """The next hop towards ``dst``: itself on link, else the gateway (None: no route)."""
+        if self._on_link(dst):
+            return dst
+        return self.gateway
+
+    def add_service(self, service: Any) -> None:
+        """Poll ``service`` with the stack: ``service.poll(now)`` runs at the start of every
+        :meth:`poll`, ``service.next_deadline()`` joins :meth:`next_deadline`."""
+        if service not in self._services:
+            self._services.append(service)
+
+    def _notify(self, key: ConnKey, conn: Any) -> None:
+        if conn is not None:
+            self.scheduler.notify(conn)
+        sock = self._sockets.get(key)
+        if sock is not None:
+            self.scheduler.notify(sock)
 
     # ---- FrameNode ------------------------------------------------------------------------
 
@@ -282,6 +380,8 @@ class HostStack:
 
     def poll(self, now: float) -> list[bytes]:
         self._now = now
+        for service in self._services:
+            service.poll(now)
         for _ in range(_MAX_POLL_ROUNDS):
             self.scheduler.run_ready(now)
             self._collect_due_timers(now)
@@ -307,6 +407,10 @@ class HostStack:
         if timers:
             best = timers[0][0]
         for d in (self.neighbors.next_deadline(), self.scheduler.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        for service in self._services:
+            d = service.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
         return best
@@ -419,10 +523,14 @@ class HostStack:
         if conn is not None:
             conn.on_segment(seg, now)
             self._dirty[key] = None
-            self.scheduler.notify(conn)
+            self._notify(key, conn)
             listener = self._embryonic.get(key)
             if listener is not None:
                 self._check_accepted(key, conn, listener)
+            return
+        parked = self._parked.get(key)
+        if parked is not None:
+            parked(seg, src_ip, dst_ip, now)  # the chimney owns this connection (c.3)
             return
         flags = seg.flags
         listener = self._listeners.get(seg.dst_port)
@@ -518,6 +626,7 @@ class HostStack:
         self._keys.pop(id(conn), None)
         self._deadlines.pop(key, None)
         self._dirty.pop(key, None)
+        self._sockets.pop(key, None)
         listener = self._embryonic.pop(key, None)
         if listener is not None:
             listener.embryonic -= 1
@@ -549,12 +658,12 @@ class HostStack:
                 # An engine bug must not take the whole stack down: drop this connection.
                 self.counters.drops["internal-error"] += 1
                 log.exception("%s: connection %s failed in poll()", self.name, key)
-                self.scheduler.notify(conn)
+                self._notify(key, conn)
                 self._remove(key, conn)
                 continue
             for seg in segments:
                 self._send_tcp(seg, key[0], now)
-            self.scheduler.notify(conn)
+            self._notify(key, conn)
             if conn.closed:
                 self._remove(key, conn)
                 continue
@@ -601,6 +710,7 @@ class HostStack:
         start = self.rng.randrange(span)
         for i in range(span):
             port = low + (start + i) % span
-            if port not in self._listeners and (remote_ip, remote_port, port) not in self._conns:
+            key = (remote_ip, remote_port, port)
+            if port not in self._listeners and key not in self._conns and key not in self._parked:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral port")

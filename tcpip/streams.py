@@ -9,7 +9,10 @@ stack or is offloaded.
 The streams use only the connection's public API (send/send_space/receive/receive_available/
 close/abort/eof_received/reset_received/closed/state) and call ``stack.wake(conn)`` after
 every call that may produce output.  Every wait is keyed on the connection, so the scheduler
-re-evaluates it only when the stack touched that connection.
+re-evaluates it only when the stack touched that connection.  The "connection" the streams
+hold is the stack's stable socket record (``stack.socket(conn)``,
+:class:`tcpip.offload_socket.TcpSocket`), which routes every call to the host TCP engine or,
+while the connection is offloaded, to the chimney (``tcpip.offload``).
 
 Differences from asyncio, on purpose:
 
@@ -67,6 +70,13 @@ class LimitOverrunError(Exception):
     def __init__(self, message: str, consumed: int) -> None:
         super().__init__(message)
         self.consumed = consumed
+
+
+def _socket(stack: HostStack, conn: TcpConnection) -> TcpConnection:
+    """The stable socket record the streams hold (the connection itself for stacks without
+    one, e.g. test doubles)."""
+    make = getattr(stack, "socket", None)
+    return make(conn) if make is not None else conn
 
 
 def _reset_error(conn: TcpConnection) -> ConnectionResetError:
@@ -370,7 +380,7 @@ async def open_connection(
     Raises ``ConnectionRefusedError`` when the peer answers with a reset and
     ``TimeoutError`` when the SYN retransmissions run out.
     """
-    conn = stack.connect(ip_bytes(host), port, local_port)
+    conn = _socket(stack, stack.connect(ip_bytes(host), port, local_port))
     await stack.scheduler.wait_until(lambda: conn.state.name not in _HANDSHAKE_STATES, key=conn)
     if conn.reset_received:
         raise ConnectionRefusedError(f"{ip_str(ip_bytes(host))}:{port}: connection refused")
@@ -397,6 +407,7 @@ class Server:
         stack.listen(port, self._on_accept)
 
     def _on_accept(self, conn: TcpConnection) -> None:
+        conn = _socket(self._stack, conn)
         reader = StreamReader(self._stack, conn, self._limit)
         writer = StreamWriter(self._stack, conn, reader)
         coro = self._run(reader, writer)
