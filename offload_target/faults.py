@@ -1,0 +1,173 @@
+"""Target-side fault hooks: what a misbehaving or stressed offload NIC does, on demand.
+
+``target.faults`` (a :class:`TargetFaults`) is consulted by the miniport at every completion
+and every block it decides; tests use it now, scenarios later.  Operation names are the five
+state operations (``"initiate"``, ``"terminate"``, ``"update"``, ``"invalidate"``, ``"query"``)
+and the four I/O completions (``"send"``, ``"receive"``, ``"disconnect"``, ``"forward"``).
+
+=============================  ===================================================================
+hook                           documented outcome
+=============================  ===================================================================
+delay_completion(op, s, n=1)   the next ``n`` completions of ``op`` are made ``s`` seconds later
+                               (from ``poll``), still with the same root / NBLs
+never_complete(op, n=1)        the next ``n`` completions of ``op`` are withheld (``withheld``);
+                               ``release_withheld()`` makes them after all
+fail_blocks(sel, status, ops)  blocks whose label is in ``sel`` (or for which ``sel(block, op)``
+                               is true) get ``status`` (initiate: the object is not offloaded and
+                               its parents report OFFLOAD_PARTIAL_SUCCESS; other operations:
+                               SUCCESS/FAILURE only, the work is still done)
+corrupt_hardware_state(conn)   the d.4 recipe: query/invalidate/terminate of it -> FAILURE,
+                               TcpIndicateRetrieve(HardwareFailure), TcpIndicateAbort, at
+                               terminate everything outstanding -> REQUEST_ABORTED
+request_upload(conn, reason)   TcpIndicateRetrieve(reason) (d.1); mandatory reasons make later
+                               sends complete with UPLOAD_IN_PROGRESS (d.2)
+upload_all()                   NDIS_STATUS_UPLOAD_ALL (d.8)
+shrink_capacity(n)             OFFLOAD_PAUSE, uploads requested beyond ``n``, then
+                               OFFLOAD_RESUME with TcpConnectionOffloadCapacity = n (d.8)
+=============================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ndis.status import NdisStatus, Operation
+
+if TYPE_CHECKING:
+    from offload_target.miniport import OffloadTarget
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TargetFaults", "OPERATIONS"]
+
+OPERATIONS = ("initiate", "terminate", "update", "invalidate", "query",
+              "send", "receive", "disconnect", "forward")
+
+BlockSelector = Callable[[Any, Operation], bool]
+
+
+@dataclass
+class _Rule:
+    kind: str  # "delay" or "never"
+    op: str
+    seconds: float = 0.0
+    remaining: int = 1  # -1 = every time
+
+
+class TargetFaults:
+    """Fault hooks of one :class:`~offload_target.miniport.OffloadTarget` (module docstring)."""
+
+    def __init__(self, target: OffloadTarget) -> None:
+        self.target = target
+        self._rules: list[_Rule] = []
+        self._block_rules: list[tuple[BlockSelector, int, frozenset[Operation]]] = []
+        self.delayed: list[tuple[float, str, Callable[[], None]]] = []
+        self.withheld: list[tuple[str, Callable[[], None]]] = []
+        self.log: list[tuple[str, ...]] = []
+
+    # -- completions -----------------------------------------------------------------------------
+    def delay_completion(self, op: str, seconds: float, count: int = 1) -> None:
+        """The next ``count`` (-1: all) completions of ``op`` happen ``seconds`` later."""
+        self._check_op(op)
+        self._rules.append(_Rule("delay", op, seconds, count))
+
+    def never_complete(self, op: str, count: int = 1) -> None:
+        """The next ``count`` (-1: all) completions of ``op`` are withheld."""
+        self._check_op(op)
+        self._rules.append(_Rule("never", op, 0.0, count))
+
+    def clear(self) -> None:
+        """Forget every rule (delayed and withheld completions stay where they are)."""
+        self._rules.clear()
+        self._block_rules.clear()
+
+    def release_withheld(self) -> int:
+        """Make the withheld completions now; returns how many."""
+        items, self.withheld = self.withheld, []
+        for _op, fn in items:
+            fn()
+        return len(items)
+
+    @staticmethod
+    def _check_op(op: str) -> None:
+        if op not in OPERATIONS:
+            raise ValueError(f"unknown operation {op!r} (one of {OPERATIONS})")
+
+    def complete(self, op: str, fn: Callable[[], None]) -> None:
+        """Called by the miniport instead of making completion ``fn`` of ``op`` itself."""
+        for rule in self._rules:
+            if rule.op != op or rule.remaining == 0:
+                continue
+            if rule.remaining > 0:
+                rule.remaining -= 1
+            self._rules = [r for r in self._rules if r.remaining != 0]
+            if rule.kind == "never":
+                self.log.append(("withheld", op))
+                log.warning("fault: %s completion withheld", op)
+                self.withheld.append((op, fn))
+            else:
+                due = self.target.now + rule.seconds
+                self.log.append(("delayed", op, f"{rule.seconds:g}s"))
+                log.warning("fault: %s completion delayed %.3fs", op, rule.seconds)
+                self.delayed.append((due, op, fn))
+            return
+        fn()
+
+    def poll(self, now: float) -> None:
+        due = [d for d in self.delayed if d[0] <= now]
+        if not due:
+            return
+        self.delayed = [d for d in self.delayed if d[0] > now]
+        for _t, _op, fn in sorted(due, key=lambda d: d[0]):
+            fn()
+
+    def next_deadline(self) -> float | None:
+        return min((d[0] for d in self.delayed), default=None)
+
+    # -- block statuses ----------------------------------------------------------------------------------
+    def fail_blocks(
+        self,
+        selector: Iterable[str] | BlockSelector,
+        status: int = NdisStatus.FAILURE,
+        ops: Iterable[Operation] = (Operation.INITIATE,),
+    ) -> None:
+        """Fail chosen blocks: labels or a predicate ``(block, op) -> bool``."""
+        if callable(selector):
+            pred = selector
+        else:
+            labels = frozenset(selector)
+
+            def pred(block: Any, op: Operation) -> bool:
+                return block.label in labels
+
+        self._block_rules.append((pred, int(status), frozenset(ops)))
+
+    def block_status(self, op: Operation, block: Any) -> int | None:
+        """The status a rule forces on ``block`` in ``op`` (None = no rule)."""
+        for pred, status, ops in self._block_rules:
+            if op in ops and pred(block, op):
+                self.log.append(("failed", op.value, block.label))
+                if op is not Operation.INITIATE and status not in (NdisStatus.SUCCESS, NdisStatus.FAILURE):
+                    return NdisStatus.FAILURE  # f.2: only SUCCESS / FAILURE outside initiate
+                return status
+        return None
+
+    # -- target behaviour ----------------------------------------------------------------------------------
+    def corrupt_hardware_state(self, conn: Any) -> None:
+        self.log.append(("corrupt", str(getattr(conn, "label", conn))))
+        self.target.corrupt_hardware_state(conn)
+
+    def request_upload(self, conn: Any, reason: int) -> None:
+        self.log.append(("request_upload", str(getattr(conn, "label", conn)), str(int(reason))))
+        self.target.request_upload(conn, reason)
+
+    def upload_all(self) -> None:
+        self.log.append(("upload_all",))
+        self.target.upload_all()
+
+    def shrink_capacity(self, n: int) -> None:
+        self.log.append(("shrink_capacity", str(n)))
+        self.target.shrink_capacity(n)
