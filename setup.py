@@ -1,7 +1,8 @@
 """Build of the C extension; everything else about the package is in pyproject.toml.
 
 ``pip install -e .`` and ``python setup.py build_ext --inplace`` both build
-``offload_target._ctable``.  Environment:
+``offload_target._ctable`` (the table, _ctable.c, and its data path, _datapath.c, sharing
+_ctable.h).  Environment:
 
 - ``VNIC_SANITIZE=1``: build with AddressSanitizer + UndefinedBehaviorSanitizer
   (``scripts/asan-tests.sh`` does this in a scratch copy and runs the table tests).
@@ -33,7 +34,8 @@ setup(
     ext_modules=[
         Extension(
             "offload_target._ctable",
-            sources=["offload_target/_ctable.c"],
+            sources=["offload_target/_ctable.c", "offload_target/_datapath.c"],
+            depends=["offload_target/_ctable.h"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
             undef_macros=UNDEF,

@@ -90,112 +90,16 @@
  * The type holds no Python references, so it is not GC-tracked.  The module keeps its state
  * (the type, the exception classes, interned field names) in module state: multi-phase init,
  * heap type from PyType_FromModuleAndSpec, no static PyObject.
+ *
+ * The data path.  The offloaded TCP data path (process_frame, poll, send_append, ... -- the
+ * contract is in docs/internals.md) lives in _datapath.c, compiled into this same module; the
+ * two files share _ctable.h (slot, bucket, table object, hash and probe).  This file calls its
+ * lifetime hooks (ct_dp_release on remove, ct_dp_clear, ct_dp_free, ct_dp_validate,
+ * ct_dp_memory) and lists its methods in the type's method table.  Its state hangs off
+ * CTable.dp and is allocated on first use, so a table that never runs a data path is unchanged.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-
-/* ------------------------------------------------------------------ slot ---- */
-
-typedef struct {
-    uint32_t local_ip;      /* big-endian address as an integer: 198.18.0.1 -> 0xC6120001 */
-    uint32_t remote_ip;
-    uint16_t local_port;
-    uint16_t remote_port;
-} ct_key;                   /* 12 bytes, no padding, compared with memcmp */
-
-/* One offloaded TCP connection.  Field names of the chimney state follow the NDIS structures
- * (TCP_OFFLOAD_STATE_DELEGATED / _CONST / _CACHED, reference b.11-b.13) and keep their C types,
- * so range checks match what a real target could store. */
-typedef struct {
-    ct_key key;                           /* 0x00 */
-    uint32_t generation;                  /* 0x0C  bumped on remove; 0 = never used */
-
-    uint64_t context;                     /* 0x10  the target's handle for its Python objects */
-    /* timer deadlines, absolute, in ticks; CT_TIMER_STOPPED when not running */
-    uint64_t retransmit_deadline;         /* 0x18 */
-    uint64_t persist_deadline;            /* 0x20 */
-    uint64_t keepalive_deadline;          /* 0x28 */
-    uint64_t delayed_ack_deadline;        /* 0x30 */
-    uint64_t fin_wait_2_deadline;         /* 0x38 */
-
-    /* TCP_OFFLOAD_STATE_DELEGATED */
-    uint32_t State;                       /* 0x40  TCP_OFFLOAD_CONNECTION_STATE (4-byte enum) */
-    uint32_t RcvNxt;
-    uint32_t RcvWnd;
-    uint32_t SndUna;
-    uint32_t SndNxt;
-    uint32_t SndMax;
-    uint32_t SndWnd;
-    uint32_t MaxSndWnd;
-    uint32_t SendWL1;
-    uint32_t CWnd;
-    uint32_t SsThresh;
-    uint32_t TsRecent;
-    uint32_t TsRecentAge;
-    uint32_t TsTime;
-    uint32_t TotalRT;
-    uint32_t KeepAliveTimeoutDelta;       /* KeepAlive.TimeoutDelta; 0xFFFFFFFF = not running */
-    uint32_t RetransmitTimeoutDelta;      /* Retransmit.TimeoutDelta; 0xFFFFFFFF = not running */
-    uint32_t DWnd;                        /* NDIS >= 6.1 */
-    uint16_t DelegatedFlags;              /* 0x88  delegated Flags (reserved for system use) */
-    uint16_t SRtt;                        /* ticks x 8 */
-    uint16_t RttVar;                      /* ticks x 4 */
-    uint8_t DupAckCount;
-    uint8_t SndWndProbeCount;
-    uint8_t KeepAliveProbeCount;          /* KeepAlive.ProbeCount */
-    uint8_t RetransmitCount;              /* Retransmit.Count */
-
-    /* TCP_OFFLOAD_STATE_CONST (ports live in the key) */
-    uint16_t ConstFlags;                  /* 0x92  TCP_FLAG_TIMESTAMP/SACK/WINDOW_SCALING_ENABLED */
-    uint16_t RemoteMss;
-    uint8_t SndWindScale;                 /* 4-bit field in NDIS */
-    uint8_t RcvWindScale;                 /* 4-bit field in NDIS */
-    uint32_t HashValue;                   /* 0x98 */
-
-    /* TCP_OFFLOAD_STATE_CACHED (FlowLabel is IPv6-only and not kept) */
-    uint32_t InitialRcvWnd;               /* 0x9C */
-    uint32_t RcvIndicationSize;
-    uint32_t KaTimeout;
-    uint32_t KaInterval;
-    uint32_t MaxRT;
-    uint16_t CachedFlags;                 /* 0xB0 */
-    uint8_t KaProbeCount;
-    uint8_t TtlOrHopLimit;
-    uint8_t TosOrTrafficClass;
-    uint8_t UserPriority;                 /* 3-bit field in NDIS */
-
-    uint8_t live;                         /* 0xB6  1 while the slot holds a connection */
-    uint8_t reserved;
-
-    /* links to the target's neighbor and path objects */
-    uint32_t path_id;                     /* 0xB8 */
-    uint32_t neighbor_id;
-
-    /* Data buffers (later): offsets into a per-table buffer arena that the data path will
-     * allocate next to this block; 0 = no buffer.  Kept here so the slot size is final. */
-    uint32_t send_buffer_offset;          /* 0xC0 */
-    uint32_t receive_buffer_offset;
-} ct_slot;                                /* 0xC8 = 200 bytes */
-
-#define CT_SLOT_SIZE 200
-typedef char ct_slot_size_check[(sizeof(ct_slot) == CT_SLOT_SIZE) ? 1 : -1];
-typedef char ct_key_size_check[(sizeof(ct_key) == 12) ? 1 : -1];
-
-typedef struct {
-    ct_key key;             /* copy of the slot's key */
-    uint32_t slot1;         /* slot index + 1; 0 = empty bucket */
-    uint32_t generation;    /* copy of the slot's generation: the handle without the slot */
-} ct_bucket;                /* 20 bytes */
-
-typedef char ct_bucket_size_check[(sizeof(ct_bucket) == 20) ? 1 : -1];
-
-#define CT_TIMER_STOPPED UINT64_MAX
-#define CT_DELTA_STOPPED 0xFFFFFFFFu
-#define CT_MAX_CAPACITY (1u << 24)
+#include "_ctable.h"
 
 /* A freshly inserted connection: all zero except "timer not running" everywhere. */
 static const ct_slot CT_SLOT_TEMPLATE = {
@@ -245,7 +149,7 @@ static const ct_field CT_FIELDS[] = {
     /* timers */
     F(retransmit_deadline, U64), F(persist_deadline, U64), F(keepalive_deadline, U64),
     F(delayed_ack_deadline, U64), F(fin_wait_2_deadline, U64),
-    /* data buffers (place kept; unused until the data path allocates buffers) */
+    /* reserved (always 0: the data path keeps its buffers outside the slot) */
     F(send_buffer_offset, U32), F(receive_buffer_offset, U32),
 };
 #undef F
@@ -295,77 +199,12 @@ get_module_state(PyObject *module)
 
 /* ----------------------------------------------------------------- object ---- */
 
-typedef struct {
-    PyObject_HEAD
-    uint32_t capacity;
-    uint32_t count;
-    uint32_t index_mask;       /* index_size - 1 */
-    uint32_t free_top;         /* free_stack[0 .. free_top) are free slots */
-    uint64_t hash_seed;
-    size_t block_size;
-    void *block;               /* the single PyMem_Calloc allocation */
-    ct_slot *slots;
-    ct_bucket *index;
-    uint32_t *free_stack;
-} CTable;
 
 /* The type is not subclassable, so Py_TYPE(self) is always our heap type. */
 static inline ct_state *
 table_state(CTable *self)
 {
     return (ct_state *)PyType_GetModuleState(Py_TYPE(self));
-}
-
-/* ---------------------------------------------------------------- hashing ---- */
-
-static inline uint64_t
-fmix64(uint64_t k)
-{
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-}
-
-static inline uint32_t
-key_hash(const ct_key *k, uint64_t seed)
-{
-    uint64_t a = ((uint64_t)k->local_ip << 32) | k->remote_ip;
-    uint64_t b = ((uint64_t)k->local_port << 16) | k->remote_port;
-    return (uint32_t)fmix64(fmix64(a ^ seed) ^ b);
-}
-
-static inline int
-key_eq(const ct_key *x, const ct_key *y)
-{
-    return memcmp(x, y, sizeof(ct_key)) == 0;
-}
-
-/* ---------------------------------------------------------------- probing ---- */
-
-typedef enum {
-    PROBE_MISS,     /* key absent; *pos is the empty bucket where it would go */
-    PROBE_HIT,      /* key present; *pos is its bucket */
-} ct_probe_t;
-
-static inline ct_probe_t
-probe(const CTable *t, const ct_key *key, uint32_t h, uint32_t *pos)
-{
-    uint32_t i = h & t->index_mask;
-    for (;;) {
-        const ct_bucket *b = &t->index[i];
-        if (b->slot1 == 0) {
-            *pos = i;
-            return PROBE_MISS;
-        }
-        if (key_eq(&b->key, key)) {
-            *pos = i;
-            return PROBE_HIT;
-        }
-        i = (i + 1) & t->index_mask;
-    }
 }
 
 /* Backward-shift deletion of bucket i (Knuth Algorithm R): move later members of the probe
@@ -391,24 +230,6 @@ index_delete(CTable *t, uint32_t i)
     memset(&t->index[i], 0, sizeof(ct_bucket));
 }
 
-static inline uint64_t
-make_handle(const CTable *t, uint32_t idx)
-{
-    return ((uint64_t)t->slots[idx].generation << 32) | idx;
-}
-
-static inline uint64_t
-lookup_key(const CTable *t, const ct_key *key, int *found)
-{
-    uint32_t pos;
-    if (probe(t, key, key_hash(key, t->hash_seed), &pos) == PROBE_HIT) {
-        *found = 1;
-        const ct_bucket *b = &t->index[pos];
-        return ((uint64_t)b->generation << 32) | (b->slot1 - 1);
-    }
-    *found = 0;
-    return 0;
-}
 
 /* -------------------------------------------------------- argument parsing ---- */
 
@@ -540,7 +361,7 @@ resolve_handle(CTable *t, PyObject *o, uint32_t *idx_out)
 }
 
 /* resolve_handle() that raises StaleHandleError.  0 ok, -1 error set. */
-static int
+int
 require_handle(CTable *t, PyObject *o, uint32_t *idx_out)
 {
     switch (resolve_handle(t, o, idx_out)) {
@@ -569,7 +390,7 @@ require_handle(CTable *t, PyObject *o, uint32_t *idx_out)
  * the buffer (Ethernet padding after it is allowed); not a fragment (MF = 0, offset = 0);
  * protocol 6; TCP data offset >= 5 and within Total Length.  IP options are skipped via IHL,
  * not interpreted.  The TCP checksum is the data path's business, not the classifier's. */
-static int
+int
 parse_frame(const unsigned char *p, Py_ssize_t n, Py_ssize_t off, ct_key *key)
 {
     if (off > n || n - off < 20) {
@@ -710,6 +531,7 @@ static void
 table_dealloc(CTable *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    ct_dp_free(self);
     PyMem_Free(self->block);
     self->block = NULL;
     tp->tp_free((PyObject *)self);
@@ -1018,6 +840,7 @@ table_remove(CTable *self, PyObject *handle)
         pos = (pos + 1) & self->index_mask;
     }
     index_delete(self, pos);
+    ct_dp_release(self, idx);
     s->live = 0;
     s->generation = s->generation + 1 ? s->generation + 1 : 1;
     self->free_stack[self->free_top++] = idx;
@@ -1227,6 +1050,7 @@ table_handles(CTable *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 table_clear(CTable *self, PyObject *Py_UNUSED(ignored))
 {
+    ct_dp_clear(self);
     for (uint32_t i = 0; i < self->capacity; i++) {
         ct_slot *s = &self->slots[i];
         if (s->live) {
@@ -1244,7 +1068,8 @@ table_clear(CTable *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 table_memory_bytes(CTable *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSize_t(self->block_size + (size_t)Py_TYPE(self)->tp_basicsize);
+    return PyLong_FromSize_t(self->block_size + (size_t)Py_TYPE(self)->tp_basicsize
+                             + ct_dp_memory(self));
 }
 
 static PyObject *
@@ -1318,6 +1143,9 @@ table_validate(CTable *self, PyObject *Py_UNUSED(ignored))
         FAIL("%u index entries for %u connections", (unsigned)used, (unsigned)self->count);
     }
 #undef FAIL
+    if (ct_dp_validate(self) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1390,6 +1218,54 @@ static PyMethodDef table_methods[] = {
      "Test hook: the index bucket where the key's probe sequence starts."},
     {"_validate", (PyCFunction)table_validate, METH_NOARGS,
      "_validate($self, /)\n--\n\nTest hook: check every invariant, AssertionError if broken."},
+    /* the data path (_datapath.c; contract in docs/internals.md) */
+    {"configure", FASTCALL(dp_configure), METH_FASTCALL | METH_KEYWORDS,
+     "configure($self, /, *, ticks_per_second=1000, ack_frequency=2, delayed_ack_ticks=40,\n"
+     "          max_retransmissions=5, dup_ack_threshold=3, push_ticks=500,\n"
+     "          fin_wait_2_ticks=120000, send_buffer=1048576, receive_buffer=1048576,\n"
+     "          min_rto_ticks=None, max_rto_ticks=None, ooo_segments=16)\n--\n\n"
+     "Set the data path's parameters (NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS)."},
+    {"activate", FASTCALL(dp_activate), METH_FASTCALL | METH_KEYWORDS,
+     "activate($self, handle, /, *, local_mac, remote_mac, vlan_id=0, ttl=None, tos=None,\n"
+     "         path_mtu=1500, now_ticks)\n--\n\n"
+     "Start the data path of a connection whose CONST/CACHED/DELEGATED fields are set."},
+    {"send_append", FASTCALL(dp_send_append), METH_FASTCALL,
+     "send_append($self, handle, data, /)\n--\n\nQueue send data; returns bytes queued."},
+    {"send_unacked", (PyCFunction)dp_send_unacked, METH_O,
+     "send_unacked($self, handle, /)\n--\n\nBytes queued and not yet ACKed."},
+    {"acked_total", (PyCFunction)dp_acked_total, METH_O,
+     "acked_total($self, handle, /)\n--\n\nBytes ACKed since activate."},
+    {"receive_take", FASTCALL(dp_receive_take), METH_FASTCALL,
+     "receive_take($self, handle, max_bytes=-1, /)\n--\n\nIn-order received data, oldest first."},
+    {"receive_available", (PyCFunction)dp_receive_available, METH_O,
+     "receive_available($self, handle, /)\n--\n\nBytes receive_take() can return."},
+    {"receive_buffered", FASTCALL(dp_receive_buffered), METH_FASTCALL,
+     "receive_buffered($self, handle, data, /)\n--\n\n"
+     "Initiate BufferedData (already ACKed, ends at RcvNxt): put before any received data."},
+    {"process_frame", FASTCALL(dp_process_frame), METH_FASTCALL,
+     "process_frame($self, frame, now_ticks, /)\n--\n\n"
+     "One received frame: FRAME_CONSUMED, FRAME_NOT_OURS or FRAME_PASS_UP."},
+    {"poll", (PyCFunction)dp_poll, METH_O,
+     "poll($self, now_ticks, /)\n--\n\nFire due timers; the frames to transmit now."},
+    {"next_deadline", (PyCFunction)dp_next_deadline, METH_NOARGS,
+     "next_deadline($self, /)\n--\n\nEarliest tick poll() has work, or None."},
+    {"events", (PyCFunction)dp_events, METH_NOARGS,
+     "events($self, /)\n--\n\nDrain the events: a list of (handle, EVENT_*, value)."},
+    {"disconnect", FASTCALL(dp_disconnect), METH_FASTCALL,
+     "disconnect($self, handle, graceful, now_ticks, /)\n--\n\n"
+     "Graceful: FIN after the queued data; abortive: RST now (at the next poll)."},
+    {"set_terminating", (PyCFunction)dp_set_terminating, METH_O,
+     "set_terminating($self, handle, /)\n--\n\n"
+     "d.3 step 3: stop the connection's timers and output; later frames -> FRAME_PASS_UP."},
+    {"flush_acks", (PyCFunction)dp_flush_acks, METH_O,
+     "flush_acks($self, handle, /)\n--\n\nd.3 step 2: the owed ACK now (list of 0 or 1 frame)."},
+    {"export", FASTCALL(dp_export), METH_FASTCALL,
+     "export($self, handle, now_ticks, /)\n--\n\n"
+     "TCP_OFFLOAD_STATE_DELEGATED values + send_data + buffered (d.3 step 5)."},
+    {"is_active", (PyCFunction)dp_is_active, METH_O,
+     "is_active($self, handle, /)\n--\n\nTrue once activate() ran for this connection."},
+    {"datapath_counters", (PyCFunction)dp_counters, METH_NOARGS,
+     "datapath_counters($self, /)\n--\n\nDict of the data path's counters."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1536,7 +1412,8 @@ ct_exec(PyObject *m)
         || PyModule_AddObjectRef(m, "FIELDS", names) < 0
         || PyModule_AddObjectRef(m, "FIELD_MAX", proxy) < 0
         || PyModule_AddIntConstant(m, "SLOT_SIZE", CT_SLOT_SIZE) < 0
-        || PyModule_AddIntConstant(m, "MAX_CAPACITY", CT_MAX_CAPACITY) < 0) {
+        || PyModule_AddIntConstant(m, "MAX_CAPACITY", CT_MAX_CAPACITY) < 0
+        || ct_dp_add_constants(m) < 0) {
         goto error;
     }
     v = PyLong_FromUnsignedLongLong(CT_TIMER_STOPPED);

@@ -6,6 +6,8 @@ twin ``offload_target.pytable.ConnectionTable``; both have the same public API a
 same handles.  ``IMPLEMENTATION`` says which one is in use ("c" or "python").  The exception
 classes, ``FIELDS``, ``FIELD_MAX``, ``TIMER_STOPPED``, ``SLOT_SIZE`` and ``MAX_CAPACITY`` are
 those of the selected implementation, so ``except table.TableFullError`` always matches.
+``HAS_DATAPATH`` is True when the table has the C data path (the twin has none), and
+``FRAME_*`` / ``EVENT_*`` are its verdict and event codes.
 
 Reading one environment variable at import is the only use of ``os`` in the sans-IO packages
 (sanctioned in tests/unit/test_layering.py); nothing here does I/O.
@@ -20,8 +22,18 @@ from typing import Literal
 from offload_target import pytable
 
 __all__ = [
+    "EVENT_DATA",
+    "EVENT_FIN",
+    "EVENT_FIN_ACKED",
+    "EVENT_RETRIEVE",
+    "EVENT_RST",
+    "EVENT_SEND_ACKED",
     "FIELDS",
     "FIELD_MAX",
+    "FRAME_CONSUMED",
+    "FRAME_NOT_OURS",
+    "FRAME_PASS_UP",
+    "HAS_DATAPATH",
     "IMPLEMENTATION",
     "MAX_CAPACITY",
     "SLOT_SIZE",
@@ -60,6 +72,20 @@ FIELD_MAX = _impl.FIELD_MAX
 TIMER_STOPPED: int = _impl.TIMER_STOPPED
 SLOT_SIZE: int = _impl.SLOT_SIZE
 MAX_CAPACITY: int = _impl.MAX_CAPACITY
+
+# The data path (docs/internals.md, "The data path (firmware, C only)") exists only on the C
+# table; the twin has none, so HAS_DATAPATH is False for it.  The verdict and event codes are
+# the C module's (the values here are the same, for code that never gets the C table).
+HAS_DATAPATH: bool = bool(getattr(_impl, "HAS_DATAPATH", False))
+FRAME_CONSUMED: int = getattr(_impl, "FRAME_CONSUMED", 0)
+FRAME_NOT_OURS: int = getattr(_impl, "FRAME_NOT_OURS", 1)
+FRAME_PASS_UP: int = getattr(_impl, "FRAME_PASS_UP", 2)
+EVENT_SEND_ACKED: int = getattr(_impl, "EVENT_SEND_ACKED", 1)
+EVENT_DATA: int = getattr(_impl, "EVENT_DATA", 2)
+EVENT_FIN: int = getattr(_impl, "EVENT_FIN", 3)
+EVENT_RST: int = getattr(_impl, "EVENT_RST", 4)
+EVENT_RETRIEVE: int = getattr(_impl, "EVENT_RETRIEVE", 5)
+EVENT_FIN_ACKED: int = getattr(_impl, "EVENT_FIN_ACKED", 6)
 
 
 def implementation_module() -> ModuleType:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the connection-table tests against offload_target._ctable built with AddressSanitizer and
+# Run the connection-table and data-path tests against offload_target._ctable (the table,
+# _ctable.c, and its data path, _datapath.c) built with AddressSanitizer and
 # UndefinedBehaviorSanitizer.  Any sanitizer report fails the run.
 #
 # How:
@@ -10,7 +11,10 @@
 #      ("ASan runtime does not come first"), which would break every other test run.
 #   2. Prove the sanitizers are live: a canary extension with one heap overflow and one
 #      signed-integer overflow must be caught (a sanitizer run that cannot fail proves nothing).
-#   3. Run tests/offload_target with the scratch copy first on PYTHONPATH, libasan preloaded
+#   3. Run tests/offload_target -- the table's tests, the data path's (test_datapath*.py: unit,
+#      pair with the Python engine, hypothesis fuzz of the frame parser) and the miniport's,
+#      which drive the same C code -- with the scratch copy first on PYTHONPATH, libasan
+#      preloaded
 #      (CPython itself is not built with ASan, so its runtime must be the first library
 #      loaded), and these options:
 #        ASAN_OPTIONS   halt_on_error=1 abort_on_error=1: the first error kills the process.
@@ -49,6 +53,9 @@ mkdir -p "$SRC/tests" "$WORK/reports"
 cp -r offload_target setup.py pyproject.toml "$SRC/"
 cp tests/__init__.py "$SRC/tests/"
 cp -r tests/offload_target "$SRC/tests/"
+# The data-path and miniport tests use the pure-Python packages (tcpip codecs and TCP engine
+# as the peer, ndis, vnic): they are imported from the scratch copy too.
+cp -r tcpip ndis vnic "$SRC/"
 rm -f "$SRC"/offload_target/*.so
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 
@@ -124,4 +131,4 @@ if [ "$status" -ne 0 ]; then
     echo "[asan] tests failed (exit status $status)" >&2
     exit "$status"
 fi
-echo "[asan] table tests passed under ASan + UBSan, no sanitizer report"
+echo "[asan] table and data-path tests passed under ASan + UBSan, no sanitizer report"
