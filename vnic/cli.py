@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran and found a problem (a stream not intact, a check failed)
@@ -28,6 +28,13 @@ _SIZE_UNITS = {
 
 class UsageError(Exception):
     """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (naming the command's --help), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_size(text: str) -> int:
@@ -117,6 +124,15 @@ def cmd_bench_host(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_offload(args: argparse.Namespace) -> int:
+    from vnic import bench
+
+    result = bench.bench_offload(size=args.bytes, sim_only=args.sim,
+                                 progress=None if args.json else _progress_printer())
+    emit(result, args.json, bench.render_offload)
+    return EXIT_OK if result["intact"] else EXIT_FAILED
+
+
 def cmd_bench_table(args: argparse.Namespace) -> int:
     from vnic import bench
 
@@ -137,7 +153,7 @@ def _progress_printer() -> Callable[[str], None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vnic",
         description=(
             "vnic: an emulated TCP-chimney offload NIC on a Linux TAP device, a host TCP/IP stack "
@@ -146,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                "`--sim` runs the same job on a simulated wire without privileges.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log state changes (-v) or everything (-vv) to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "transfer", help="move data between the host stack and the Linux peer and check it",
@@ -211,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--bytes", type=parse_size, default=parse_size("64MiB"), metavar="SIZE")
     host.add_argument("--json", action="store_true")
     host.set_defaults(func=cmd_bench_host)
+    offload = bench_sub.add_parser(
+        "offload", help="one bulk connection offloaded vs in the host stack",
+        description="MB/s of one bulk connection (each direction) while it runs in the host "
+                    "stack and while it is offloaded to the emulated NIC, measured side by side "
+                    "on the same connection: on the simulated wire, and over TAP against the "
+                    "kernel peer when privileges allow (otherwise the simulated part only).")
+    offload.add_argument("--bytes", type=parse_size, default=parse_size("32MiB"), metavar="SIZE",
+                         help="bytes per phase and direction (default 32MiB)")
+    offload.add_argument("--sim", action="store_true", help="the simulated wire only (no lab)")
+    offload.add_argument("--json", action="store_true")
+    offload.set_defaults(func=cmd_bench_offload)
     table = bench_sub.add_parser("table", help="C connection table vs its Python twin",
                                  description="Insert / lookup / remove rates of the C table and "
                                              "the Python twin through the same API, the ratio, "

@@ -78,6 +78,10 @@ class HostSide:
     done: bool = False
     error: str | None = None
     connection: Any = None  # the TcpConnection, for counters
+    # (rsts_in, rsts_out) when the application finished: both FINs were exchanged and every byte
+    # was read, so a later RST (e.g. Linux answering our last duplicate ACKs after its LAST-ACK
+    # ended, which ends our TIME-WAIT, RFC 9293 3.10.7.4) cannot have touched the data.
+    rsts_at_done: tuple[int, int] | None = None
 
 
 async def _host_client(stack: HostStack, peer_ip: bytes, opts: TransferOptions, side: HostSide) -> None:
@@ -103,6 +107,9 @@ async def _host_client(stack: HostStack, peer_ip: bytes, opts: TransferOptions, 
     finally:
         side.finished = stack.now
         side.done = True
+        counters = getattr(side.connection, "counters", None)
+        if counters is not None:
+            side.rsts_at_done = (counters.rsts_in, counters.rsts_out)
 
 
 async def _sim_peer_handler(reader: streams.StreamReader, writer: streams.StreamWriter,
@@ -149,13 +156,17 @@ def _connection_report(side: HostSide, peer: dict[str, Any] | None, opts: Transf
             received=side.received.count, received_sha=side.received.hexdigest(),
             expected=opts.size, seconds=seconds)
     counters = side.connection.counters if side.connection is not None else None
+    rsts_in, rsts_out = side.rsts_at_done or (getattr(counters, "rsts_in", 0),
+                                              getattr(counters, "rsts_out", 0))
     report = {
         "index": side.index,
         "local_port": side.local_port,
         "directions": directions,
         "retransmissions": getattr(counters, "retransmissions", 0),
-        "rsts_in": getattr(counters, "rsts_in", 0),
-        "rsts_out": getattr(counters, "rsts_out", 0),
+        "rsts_in": rsts_in,
+        "rsts_out": rsts_out,
+        # RSTs after the application was done (both FINs exchanged): not a verdict matter
+        "late_rsts_in": getattr(counters, "rsts_in", 0) - rsts_in,
         "error": side.error or (peer or {}).get("error"),
         "seconds": round(seconds, 6),
     }
