@@ -484,11 +484,14 @@ class Lab:
     """
 
     def __init__(self, *, mtu: int = DEFAULT_MTU, disable_ipv6: bool = True,
-                 tap_read_size: int | None = None, txqueuelen: int = DEFAULT_TXQUEUELEN) -> None:
+                 tap_read_size: int | None = None, txqueuelen: int = DEFAULT_TXQUEUELEN,
+                 tap_offload: bool = False) -> None:
         self.mtu = mtu
         self.txqueuelen = txqueuelen
         self.disable_ipv6 = disable_ipv6
         self._tap_read_size = tap_read_size
+        # TCP segmentation/checksum offload on the TAP (vnic.vnet): super-segments both ways
+        self.tap_offload = tap_offload
         self.prefix_len = 24
         self.lab_id = 0
         self.namespace = ""
@@ -615,8 +618,8 @@ class Lab:
                 self.namespace,
                 {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"},
             )
-        kwargs = {"read_size": self._tap_read_size} if self._tap_read_size else {}
-        self._tap = TapDevice(self.tap_name, **kwargs)
+        kwargs: dict[str, Any] = {"read_size": self._tap_read_size} if self._tap_read_size else {}
+        self._tap = TapDevice(self.tap_name, offload=self.tap_offload, mtu=self.mtu, **kwargs)
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tap_name)
             if not idx:

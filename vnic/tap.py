@@ -2,7 +2,8 @@
 
 The kernel side of the device is an ordinary Ethernet interface (the lab moves it into the peer
 namespace); this side is a non-blocking file descriptor carrying whole Ethernet frames
-(``IFF_TAP | IFF_NO_PI``: no packet-information header, no virtio-net header).
+(``IFF_TAP | IFF_NO_PI``: no packet-information header; a virtio-net header only with
+``offload=True``, see :mod:`vnic.vnet`).
 
 This sits on the per-frame path, so the hot methods are deliberately plain: one ``os.read`` per
 frame until ``EAGAIN`` (``os.read`` allocates exactly one ``bytes`` object per frame, which is
@@ -19,13 +20,21 @@ import os
 import struct
 from types import TracebackType
 
+from vnic import vnet
+
 log = logging.getLogger(__name__)
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
 IFNAMSIZ = 16
+#: read size with segmentation offload: a 64 KiB super-segment plus headers and the vnet header
+OFFLOAD_READ_SIZE = 65536 + 128
 
 #: Largest frame read from the device. The lab sets MTU 1500 (1514-byte frames); the margin keeps
 #: VLAN-tagged or slightly larger frames intact, and frames longer than this are truncated by the
@@ -47,6 +56,8 @@ class TapDevice:
     __slots__ = (
         "name",
         "read_size",
+        "offload",
+        "mtu",
         "_fd",
         "frames_read",
         "frames_written",
@@ -55,11 +66,17 @@ class TapDevice:
         "write_drops",
     )
 
-    def __init__(self, name: str, *, read_size: int = DEFAULT_READ_SIZE) -> None:
+    def __init__(self, name: str, *, read_size: int = DEFAULT_READ_SIZE, offload: bool = False,
+                 mtu: int = 1500) -> None:
+        """``offload=True`` opens the device with a virtio-net header and turns on TCP
+        segmentation and checksum offload (:mod:`vnic.vnet`): reads may return TCP
+        super-segments up to 64 KiB, writes may pass them (longer than ``mtu``)."""
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ - 1} bytes")
         self.name = name
-        self.read_size = read_size
+        self.offload = offload
+        self.mtu = mtu
+        self.read_size = max(read_size, OFFLOAD_READ_SIZE) if offload else read_size
         self.frames_read = 0
         self.frames_written = 0
         self.bytes_read = 0
@@ -72,8 +89,11 @@ class TapDevice:
         except PermissionError as exc:
             raise TapError(exc.errno, f"cannot open {TUN_PATH}: needs root (CAP_NET_ADMIN)") from None
         try:
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI)
+            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+            ifr = struct.pack("16sH22x", name.encode(), flags)
             res = fcntl.ioctl(fd, TUNSETIFF, ifr)
+            if offload:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
         except OSError as exc:
             os.close(fd)
             if exc.errno == errno.EPERM:
@@ -95,6 +115,8 @@ class TapDevice:
 
     def read_frames(self, max_frames: int = 64) -> list[bytes]:
         """Every frame waiting on the descriptor (up to ``max_frames``); ``[]`` when none."""
+        if self.offload:
+            return self._read_offloaded(max_frames)
         fd = self._fd
         size = self.read_size
         read = os.read
@@ -112,8 +134,26 @@ class TapDevice:
         self.bytes_read += nbytes
         return frames
 
+    def _read_offloaded(self, max_frames: int) -> list[bytes]:
+        frames: list[bytes] = []
+        nbytes = 0
+        try:
+            for _ in range(max_frames):
+                raw = os.read(self._fd, self.read_size)
+                frame = vnet.complete_inbound(raw[:vnet.VNET_HDR_LEN], raw[vnet.VNET_HDR_LEN:])
+                frames.append(frame)
+                nbytes += len(frame)
+        except BlockingIOError:
+            pass
+        self.frames_read += len(frames)
+        self.bytes_read += nbytes
+        return frames
+
     def read_frame(self) -> bytes | None:
         """One frame or ``None`` when nothing is waiting."""
+        if self.offload:
+            frames = self._read_offloaded(1)
+            return frames[0] if frames else None
         try:
             frame = os.read(self._fd, self.read_size)
         except BlockingIOError:
@@ -125,7 +165,12 @@ class TapDevice:
     def write(self, frame: bytes) -> bool:
         """Inject one Ethernet frame into the kernel; ``False`` (counted) if the kernel refused."""
         try:
-            os.write(self._fd, frame)
+            if self.offload:
+                if len(frame) > 14 + self.mtu:
+                    frame = bytearray(frame)
+                os.writev(self._fd, (vnet.outbound_header(frame, self.mtu), frame))
+            else:
+                os.write(self._fd, frame)
         except BlockingIOError:
             self.write_drops += 1
             return False

@@ -49,6 +49,7 @@ class TransferOptions:
     timeout: float = 600.0
     progress: Progress | None = None
     tcp_config: TcpConfig | None = None
+    tap_offload: bool = False  # TCP segmentation/checksum offload on the TAP (vnic.vnet)
 
     @property
     def sends_up(self) -> bool:
@@ -275,7 +276,7 @@ def _run_tap(opts: TransferOptions) -> dict[str, Any]:
     capture = PcapngWriter(opts.pcap) if opts.pcap else None
     agent: subprocess.Popen[str] | None = None
     try:
-        with Lab() as lab:
+        with Lab(tap_offload=opts.tap_offload) as lab:
             say(f"lab {lab.namespace}: host {lab.host_ip} behind TAP {lab.tap_name}, "
                 f"Linux peer {lab.peer_ip}")
             stack = HostStack(lab.host_mac_bytes, lab.host_ip_bytes, lab.prefix_len,

@@ -1,0 +1,76 @@
+"""The virtio-net header of a TAP opened with ``IFF_VNET_HDR``: segmentation and checksum offload.
+
+With ``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)`` the kernel treats the TAP like a virtio NIC that
+can segment and checksum TCP itself (Documentation/networking/tuntap.rst; struct
+virtio_net_hdr in include/uapi/linux/virtio_net.h):
+
+* frames we **read** may be TCP super-segments of up to 64 KiB (the kernel skips segmenting them
+  because "the device" would) and may carry only the pseudo-header sum in the TCP checksum
+  field (``VIRTIO_NET_HDR_F_NEEDS_CSUM``).  :func:`complete_inbound` finishes the checksums, so
+  the host stack above sees ordinary, valid (if large) frames;
+* frames we **write** may be super-segments too: :func:`outbound_header` marks an IPv4/TCP frame
+  longer than the link MTU as GSO with ``gso_size`` = the MSS the frame's headers imply, and
+  lets the kernel finish the TCP checksum.  The interface MTU stays 1500 and the peer's TCP
+  sees MSS-sized segments semantics (it may deliver the super-segment whole, as it does after
+  GRO on a real NIC).
+
+The header is 10 bytes, native byte order (legacy virtio; x86-64 and arm64 are little-endian):
+``flags u8, gso_type u8, hdr_len u16, gso_size u16, csum_start u16, csum_offset u16``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tcpip.checksum import finish_checksum, internet_checksum, ones_sum
+
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_HDR_LEN = VNET_HDR.size  # 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 0x01
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+PLAIN_HEADER = VNET_HDR.pack(0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0)
+
+_ETH = 14
+_ETHERTYPE_IPV4 = b"\x08\x00"
+_TCP = 6
+
+
+def complete_inbound(header: bytes, frame: bytes) -> bytes:
+    """The frame with its checksums completed per the virtio-net header read with it."""
+    flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = VNET_HDR.unpack(header)
+    if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and gso_type == VIRTIO_NET_HDR_GSO_NONE:
+        return frame
+    buf = bytearray(frame)
+    if gso_type != VIRTIO_NET_HDR_GSO_NONE and buf[12:14] == _ETHERTYPE_IPV4:
+        # a super-segment's IPv4 header describes the whole of it; make its checksum valid
+        ihl = (buf[_ETH] & 0x0F) * 4
+        buf[_ETH + 10:_ETH + 12] = b"\0\0"
+        buf[_ETH + 10:_ETH + 12] = internet_checksum(buf[_ETH:_ETH + ihl]).to_bytes(2, "big")
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_start + csum_offset + 2 <= len(buf):
+        # the field holds the pseudo-header sum; the checksum covers csum_start .. end
+        field = csum_start + csum_offset
+        total = internet_checksum(memoryview(buf)[csum_start:])
+        buf[field:field + 2] = total.to_bytes(2, "big")
+    return bytes(buf)
+
+
+def outbound_header(frame: bytes | bytearray, mtu: int) -> bytes:
+    """The virtio-net header to write before ``frame``; a TSO super-segment when the IPv4/TCP
+    frame is longer than the link MTU allows.  Rewrites the TCP checksum field of such a frame
+    in place to the pseudo-header sum (``frame`` must then be a ``bytearray``)."""
+    if len(frame) <= _ETH + mtu or frame[12:14] != _ETHERTYPE_IPV4 or frame[_ETH + 9] != _TCP:
+        return PLAIN_HEADER
+    if not isinstance(frame, bytearray):
+        raise TypeError("a super-segment must be passed as a bytearray (its checksum is rewritten)")
+    ihl = (frame[_ETH] & 0x0F) * 4
+    tcp_start = _ETH + ihl
+    tcp_header_len = (frame[tcp_start + 12] >> 4) * 4
+    tcp_len = len(frame) - tcp_start
+    pseudo = ones_sum(bytes(frame[_ETH + 12:_ETH + 20])) + _TCP + tcp_len
+    # NEEDS_CSUM: the kernel sums from csum_start over the segment, starting from this field
+    partial = (~finish_checksum(pseudo)) & 0xFFFF
+    frame[tcp_start + 16:tcp_start + 18] = partial.to_bytes(2, "big")
+    gso_size = mtu - ihl - tcp_header_len
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                         tcp_start + tcp_header_len, gso_size, tcp_start, 16)
