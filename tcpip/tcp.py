@@ -13,7 +13,8 @@ What is implemented (and where):
 * RFC 5681 / RFC 6582 NewReno (``tcp_congestion.NewReno``), RFC 3042 limited transmit.
 * RFC 7323 window scale, timestamps (RTT from TSecr, TS.Recent rule, PAWS).
 * Reassembly (``tcp_buffers.OutOfOrderQueue``), SACK blocks on our ACKs when negotiated; the
-  peer's SACK blocks are accepted and ignored (recovery is NewReno).
+  peer's SACK blocks only serve to recognise duplicate ACKs (RFC 6675 section 2), recovery
+  itself is NewReno.  RFC 8985 tail loss probes.
 * Delayed ACK (with Linux-style quick-ACK at the start), Nagle (Minshall's variant, as Linux),
   receiver and sender SWS avoidance, persist/zero-window probes, keepalive, FIN-WAIT-2
   timeout, RFC 5961 challenge ACKs with a rate limit, rate-limited out-of-window ACKs.
@@ -389,6 +390,7 @@ class TcpConnection:
         self._pto = False  # _rto_deadline is a tail loss probe timeout (RFC 8985 7.2)
         self._pto_backstop = 0.0  # when the real RTO would expire while a PTO is armed
         self._tlp_high: int | None = None  # SND.MAX when the last probe was sent (one per tail)
+        self._sack_high: int | None = None  # highest right edge of a peer SACK block (RFC 6675)
         self._tlp_pending = False
         self._persist_deadline: float | None = None
         self._delack_deadline: float | None = None
@@ -1055,6 +1057,8 @@ class TcpConnection:
                 self._retransmit_head = True
             if self._tlp_high is not None and seq_ge(ack, self._tlp_high):
                 self._tlp_high = None
+            if self._sack_high is not None and seq_ge(ack, self._sack_high):
+                self._sack_high = None
             if flight <= 0:
                 self._rto_deadline = None  # RFC 6298 (5.2)
                 self._pto = False
@@ -1072,13 +1076,17 @@ class TcpConnection:
                     elif nxt is CLOSED:
                         return False
         elif ack == snd_una:
-            # RFC 5681 section 2: duplicate ACK.
+            # RFC 5681 section 2: duplicate ACK (same window; zero-window probe answers are
+            # not duplicates).  With SACK, RFC 6675 section 2: an ACK with new SACK information
+            # counts whatever its window (Linux changes the window in its duplicate ACKs).
             if (
                 plen == 0
                 and not flags & (_SYN | _FIN)
-                and wnd == self.snd_wnd
-                and wnd != 0  # zero-window probe answers are not duplicate ACKs
                 and self.snd_nxt != snd_una
+                and (
+                    (wnd == self.snd_wnd and wnd != 0)
+                    or (self.sack_enabled and self._new_sack_info(seg, snd_una))
+                )
             ):
                 self.counters.dup_acks += 1
                 flight = seq_diff(self.snd_max, snd_una)
@@ -1103,6 +1111,19 @@ class TcpConnection:
                 self.snd_wl1 = seq
                 self.snd_wl2 = ack
         return True
+
+    def _new_sack_info(self, seg: TcpSegment, snd_una: int) -> bool:
+        """True if ``seg`` SACKs data above the highest SACKed sequence seen so far (RFC 6675
+        section 2 duplicate ACK).  The blocks are otherwise not used (recovery is NewReno)."""
+        new = False
+        high = self._sack_high
+        for _left, right in seg.options.sack_blocks:
+            if seq_gt(right, snd_una) and seq_le(right, self.snd_max):
+                if high is None or seq_gt(right, high):
+                    high = right
+                    new = True
+        self._sack_high = high
+        return new
 
     def _receive_text(
         self, seg: TcpSegment, seq: int, off: int, flags: int, plen: int, wnd: int, now: float

@@ -142,3 +142,36 @@ def test_no_dupacks_when_nothing_outstanding():
     for _ in range(5):
         conn.on_segment(SEND(), 0.1)
     assert conn.counters.dup_acks == 0
+
+
+def test_with_sack_new_sack_information_makes_a_duplicate_ack_whatever_the_window():
+    # Found against Linux over TAP: with SACK its duplicate ACKs carry changing windows; RFC
+    # 6675 section 2 counts an ACK with new SACK information as a duplicate.
+    from tcpip.tcp_segment import TcpOptions
+
+    conn = established(cfg=config(limited_transmit=False), sack_enabled=True)
+    conn.send(b"a" * (10 * MSS))
+    recv(conn)
+    out = []
+    for i in range(1, 4):
+        blk = ((BASE + MSS, BASE + (i + 1) * MSS),)
+        conn.on_segment(
+            SEND(ack=BASE, window=60000 - i * 1000, options=TcpOptions(sack_blocks=blk)), 0.1
+        )
+        out += recv(conn, 0.1)
+    assert conn.counters.fast_retransmits == 1
+    assert [(s.seq, len(s.payload)) for s in out] == [(BASE, MSS)]
+
+
+def test_with_sack_repeated_old_sack_information_is_not_a_duplicate_when_window_changes():
+    from tcpip.tcp_segment import TcpOptions
+
+    conn = established(cfg=config(limited_transmit=False), sack_enabled=True)
+    conn.send(b"a" * (10 * MSS))
+    recv(conn)
+    blk = ((BASE + MSS, BASE + 2 * MSS),)
+    for i in range(1, 5):
+        conn.on_segment(
+            SEND(ack=BASE, window=60000 - i * 1000, options=TcpOptions(sack_blocks=blk)), 0.1
+        )
+    assert conn.counters.dup_acks == 1 and conn.counters.fast_retransmits == 0

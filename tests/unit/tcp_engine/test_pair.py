@@ -107,6 +107,7 @@ def run_pair(
     order: str,
     handoff: bool = False,
     handoff_gap: float = 0.0,
+    handoffs: int = 1,
     max_time: float = 3000.0,
 ) -> tuple[Pipe, Endpoint, Endpoint]:
     rng = random.Random(seed)
@@ -142,7 +143,8 @@ def run_pair(
                 ea.attach(p.a)
                 ea.handoffs += 1
                 resume = None
-                p.wake_at = None
+                if ea.handoffs < handoffs:  # the next one counts from the resume
+                    handoff_at = p.now + rng.random() * 0.3
         elif (
             handoff_at is not None
             and p.now >= handoff_at
@@ -157,16 +159,24 @@ def run_pair(
             )
         ):
             handoff_at = None
+            if not handoff_gap and ea.handoffs + 1 < handoffs:
+                handoff_at = p.now + rng.random() * 0.3
+            # The handoff order of the contract: poll (pending output), flush_ack, export.
+            p._transmit("b", a.poll(p.now))
             p._transmit("b", a.flush_ack(p.now))
             snap = a.export_state(p.now)
             if handoff_gap:
                 resume = (p.now + handoff_gap, snap)
                 p.a = _Offloaded(snap.state)  # nobody answers during the gap
-                p.wake_at = resume[0]
             else:
                 p.a = TcpConnection.from_snapshot(snap, cfg_a, p.now)
                 ea.attach(p.a)
                 ea.handoffs += 1
+        # Stop the clock at the next handoff / resume instead of jumping over it.
+        if resume is not None:
+            p.wake_at = resume[0]
+        else:
+            p.wake_at = handoff_at if handoff_at is not None and handoff_at > p.now else None
         a, b = p.a, p.b
         if resume is None:
             if order == "client_first":
@@ -230,6 +240,17 @@ def test_pair_with_mid_transfer_export_import(seed, gap):
     p, ea, eb = run_pair(seed * 104729 + 3, MESSY, "client_first", handoff=True, handoff_gap=gap)
     check(p, ea, eb, "client_first")
     assert ea.handoffs == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pair_with_repeated_handoffs(seed):
+    """Export / import the client many times during one transfer (an offload, upload,
+    offload ... cycle), with random gaps during which nobody answers for it."""
+    p, ea, eb = run_pair(
+        seed * 7 + 11, LOSSY, "server_first", handoff=True, handoff_gap=0.02, handoffs=20
+    )
+    check(p, ea, eb, "server_first")
+    assert ea.handoffs >= 5
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)

@@ -1,5 +1,7 @@
 """RFC 5961: blind RST / SYN / data injection mitigations and the challenge ACK rate limit."""
 
+import pytest
+
 from tcpip.tcp import TcpState
 
 from .conftest import (
@@ -10,12 +12,18 @@ from .conftest import (
     RST,
     SEND,
     SYN,
+    close_wait,
+    closing,
     config,
     established,
     fields,
+    fin_wait_1,
+    fin_wait_2,
+    last_ack,
     recv,
     recv_nothing,
     recv_one,
+    time_wait,
 )
 
 CHALLENGE = dict(seq=LOCAL_SEQ + 1, ack=REMOTE_SEQ + 1, flags=ACK, payload=b"")
@@ -103,17 +111,6 @@ def test_pure_ack_out_of_window_answers_are_rate_limited():
 
 
 # ---- per-state RST / SYN handling (RFC 9293 3.10.7.4 second and fourth, RFC 5961) -----------
-
-import pytest  # noqa: E402
-
-from .conftest import (  # noqa: E402
-    close_wait,
-    closing,
-    fin_wait_1,
-    fin_wait_2,
-    last_ack,
-    time_wait,
-)
 
 STATES = {
     "established": (established, "connection reset"),
