@@ -2053,11 +2053,16 @@ dp_receive_take(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         ring_read(c->rbuf, c->rsize, c->rhead, 0, (uint8_t *)PyBytes_AS_STRING(b), n);
         c->rhead = (uint32_t)(((uint64_t)c->rhead + n) % c->rsize);
         c->rlen -= n;
-        /* window update when the window would grow enough (receiver SWS avoidance) */
+        /* window update when the window would grow enough (receiver SWS avoidance), and
+         * only while the peer may still send: after its FIN (CLOSE_WAIT, CLOSING, LAST_ACK,
+         * TIME_WAIT) no data can follow, and an update sent to a peer that already closed
+         * from LAST_ACK is answered with a RST (RFC 9293 3.10.7.1) */
         ct_slot *s = &self->slots[idx];
         uint32_t free_ = c->rcap > c->rlen ? c->rcap - c->rlen : 0;
+        int peer_may_send = s->State == ST_ESTABLISHED || s->State == ST_FIN_WAIT_1
+                            || s->State == ST_FIN_WAIT_2;
         if (free_ > s->RcvWnd && free_ - s->RcvWnd >= umin(c->rcap / 2, c->mss)
-            && s->State != ST_CLOSED && !c->terminating) {
+            && peer_may_send && !c->terminating) {
             c->ack_now = 1;
             if (mark_pending(self, idx, c) < 0) {
                 Py_DECREF(b);
