@@ -12,6 +12,9 @@ delay_completion(op, s, n=1)   the next ``n`` completions of ``op`` are made ``s
                                (from ``poll``), still with the same root / NBLs
 never_complete(op, n=1)        the next ``n`` completions of ``op`` are withheld (``withheld``);
                                ``release_withheld()`` makes them after all
+(both)                         later completions never overtake a held one: I/O completions
+                               of the same kind queue behind it (V6 FIFO), state operations
+                               behind every held I/O completion (d.3)
 fail_blocks(sel, status, ops)  blocks whose label is in ``sel`` (or for which ``sel(block, op)``
                                is true) get ``status`` (initiate: the object is not offloaded and
                                its parents report OFFLOAD_PARTIAL_SUCCESS; other operations:
@@ -24,6 +27,13 @@ request_upload(conn, reason)   TcpIndicateRetrieve(reason) (d.1); mandatory reas
 upload_all()                   NDIS_STATUS_UPLOAD_ALL (d.8)
 shrink_capacity(n)             OFFLOAD_PAUSE, uploads requested beyond ``n``, then
                                OFFLOAD_RESUME with TcpConnectionOffloadCapacity = n (d.8)
+wrong_rcv_nxt(conn, delta)     at its next terminate the returned delegated RcvNxt is off by
+                               ``delta`` (the oracle test of ``vnic verify``: resume-at-rcvnxt)
+drop_buffered_data(conn)       at its next terminate the received, ACKed, undelivered data is
+                               not returned in BufferedData (lost; verify: buffered-once)
+duplicate_delivery(conn)       the next data delivered to the host (indication or posted
+                               receive) is delivered once more right after (verify:
+                               delivered-once)
 =============================  ===================================================================
 """
 
@@ -45,6 +55,7 @@ __all__ = ["TargetFaults", "OPERATIONS"]
 
 OPERATIONS = ("initiate", "terminate", "update", "invalidate", "query",
               "send", "receive", "disconnect", "forward")
+IO_OPERATIONS = frozenset({"send", "receive", "disconnect", "forward"})
 
 BlockSelector = Callable[[Any, Operation], bool]
 
@@ -67,6 +78,10 @@ class TargetFaults:
         self.delayed: list[tuple[float, str, Callable[[], None]]] = []
         self.withheld: list[tuple[str, Callable[[], None]]] = []
         self.log: list[tuple[str, ...]] = []
+        # data-integrity faults armed per connection (table handle)
+        self._rcv_nxt_delta: dict[int, int] = {}
+        self._drop_buffered: set[int] = set()
+        self._duplicate: set[int] = set()
 
     # -- completions -----------------------------------------------------------------------------
     def delay_completion(self, op: str, seconds: float, count: int = 1) -> None:
@@ -113,6 +128,21 @@ class TargetFaults:
                 self.log.append(("delayed", op, f"{rule.seconds:g}s"))
                 log.warning("fault: %s completion delayed %.3fs", op, rule.seconds)
                 self.delayed.append((due, op, fn))
+            return
+        # No rule for this one, but it must not overtake a completion held back before it:
+        # an I/O completion waits behind held ones of its kind (FIFO, V6), a state operation
+        # behind every held I/O completion (d.3: terminate completes after the I/O).
+        def behind(other: str) -> bool:
+            return other == op or (op not in IO_OPERATIONS and other in IO_OPERATIONS)
+
+        if any(behind(o) for o, _fn in self.withheld):
+            self.log.append(("queued", op))
+            self.withheld.append((op, fn))
+            return
+        dues = [d for d, o, _fn in self.delayed if behind(o)]
+        if dues:
+            self.log.append(("queued", op))
+            self.delayed.append((max(dues), op, fn))
             return
         fn()
 
@@ -171,3 +201,39 @@ class TargetFaults:
     def shrink_capacity(self, n: int) -> None:
         self.log.append(("shrink_capacity", str(n)))
         self.target.shrink_capacity(n)
+
+    # -- data-integrity faults (oracle tests of the capture verifier) ----------------------------------
+    def wrong_rcv_nxt(self, conn: Any, delta: int) -> None:
+        """At the next terminate of ``conn`` return RcvNxt + ``delta`` (mod 2**32)."""
+        obj = self.target.find(conn)
+        self.log.append(("wrong_rcv_nxt", obj.label, str(delta)))
+        self._rcv_nxt_delta[obj.handle] = delta
+
+    def drop_buffered_data(self, conn: Any) -> None:
+        """At the next terminate of ``conn`` return no BufferedData (the bytes are lost)."""
+        obj = self.target.find(conn)
+        self.log.append(("drop_buffered_data", obj.label))
+        self._drop_buffered.add(obj.handle)
+
+    def duplicate_delivery(self, conn: Any) -> None:
+        """Deliver the next data taken for the host on ``conn`` twice."""
+        obj = self.target.find(conn)
+        self.log.append(("duplicate_delivery", obj.label))
+        self._duplicate.add(obj.handle)
+
+    def take_rcv_nxt_delta(self, obj: Any) -> int:
+        return self._rcv_nxt_delta.pop(obj.handle, 0)
+
+    def take_drop_buffered(self, obj: Any) -> bool:
+        if obj.handle in self._drop_buffered:
+            self._drop_buffered.discard(obj.handle)
+            log.warning("fault: %s buffered data dropped at terminate", obj.label)
+            return True
+        return False
+
+    def take_duplicate(self, obj: Any) -> bool:
+        if self._duplicate and obj.handle in self._duplicate:
+            self._duplicate.discard(obj.handle)
+            log.warning("fault: %s data delivered twice", obj.label)
+            return True
+        return False

@@ -30,6 +30,11 @@ Assumptions where the data-path contract is silent (see also the module's tests)
   delivered before anything newer; at terminate it leads ``BufferedData``.
 * A neighbor MAC / path MTU update and a path -> neighbor relink reach the data path only if
   the table offers ``set_route(handle, remote_mac=, local_mac=, vlan_id=, path_mtu=)``.
+* Completions are queued, indications are synchronous: while a receive completion carrying
+  data has not reached the host yet, the connection indicates neither newer data nor the
+  peer's FIN (they would overtake it); a work item queued behind the completion resumes it.
+* ``moderate=True`` (interrupt moderation): ``receive_frame`` only notes the data path's
+  events; the next ``poll`` makes the NDIS calls for the whole batch of frames.
 """
 
 from __future__ import annotations
@@ -228,6 +233,7 @@ class TcpObject:
     indicated: dict[int, NET_BUFFER_LIST] = field(default_factory=dict)
     delivering: bool = False
     push_deadline: float | None = None
+    rx_completing: int = 0  # receive completions with data not yet delivered to the host
     # connection events
     fin_received: bool = False
     fin_indicated: bool = False
@@ -337,6 +343,7 @@ class OffloadTarget(Miniport):
         max_path_mtu: int = 9000,
         interface_vlans: Iterable[int] = (),
         push_on_drain: bool = True,
+        moderate: bool = False,
     ) -> None:
         self.name = name
         self.mac = bytes(mac)
@@ -348,6 +355,8 @@ class OffloadTarget(Miniport):
         self.max_path_mtu = max_path_mtu
         self.interface_vlans = frozenset(interface_vlans)
         self.push_on_drain = push_on_drain
+        self.moderate = moderate
+        self._events_waiting = False  # moderate: frames processed since the last poll
         self.parameters = NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS(TicksPerSecond=ticks_per_second)
         self.faults = TargetFaults(self)
         self.now = 0.0
@@ -359,6 +368,7 @@ class OffloadTarget(Miniport):
         self.upload_all_indicated = False
         self._resume_when_fits: bool = False
         self.outbox: list[bytes] = []
+        self.last_ip_id: int | None = None  # identification of the newest data-path frame
         self.returned_buffers: dict[int, NET_BUFFER_LIST] = {}  # BufferedData NBLs of terminates
         self.counters: dict[str, int] = {}
         self._dirty: set[int] = set()
@@ -666,7 +676,7 @@ class OffloadTarget(Miniport):
         h = obj.handle
         t = self.table
         # step 2: the owed ACK now; the delayed-ACK / push timers stop
-        self.outbox.extend(t.flush_acks(h))
+        self.outbox.extend(self._note_ip_id(t.flush_acks(h)))
         obj.push_deadline = None
         # step 3: later segments go up the ordinary path
         t.set_terminating(h)
@@ -724,9 +734,14 @@ class OffloadTarget(Miniport):
             deleg.SendDataTail = chain[-1] if chain else None
             deleg.SendBacklogSize = None
             deleg.ReceiveBacklogSize = None
+            delta = self.faults.take_rcv_nxt_delta(obj)
+            if delta:  # fault hook: a wrong RcvNxt handed back
+                deleg.RcvNxt = (deleg.RcvNxt + delta) % _SEQ
             # step 7: received, ACKed, undelivered data -> BufferedData (ends at RcvNxt)
             rest = bytes(obj.rx_held) + bytes(exported.get("buffered", b""))
             obj.rx_held.clear()
+            if rest and self.faults.take_drop_buffered(obj):
+                rest = b""  # fault hook: the buffered data is lost
             deleg.BufferedData = None
             if rest:
                 nbl = NET_BUFFER_LIST(rest, label=f"{obj.label}-buffered")
@@ -1037,7 +1052,13 @@ class OffloadTarget(Miniport):
             return FRAME_NOT_OURS
         verdict = self.table.process_frame(frame, self.now_ticks)
         self._count(f"frames_verdict_{verdict}")
-        self.process_events()
+        if self.moderate:
+            # interrupt moderation: the events wait in the table; poll() (which the run loop
+            # calls after every batch of received frames) makes the NDIS calls, so one send
+            # completion / indication covers a batch of frames instead of each frame
+            self._events_waiting = True
+        else:
+            self.process_events()
         return verdict
 
     def poll(self, now: float) -> list[bytes]:
@@ -1046,8 +1067,10 @@ class OffloadTarget(Miniport):
         self.faults.poll(now)
         out: list[bytes] = []
         if self.datapath and self.tcps:
-            out += self.table.poll(self.now_ticks)
+            out += self._note_ip_id(self.table.poll(self.now_ticks))
             self.process_events()
+        elif self._events_waiting:
+            self._absorb_events()  # (events of connections gone meanwhile: dropped there)
         for obj in list(self.tcps.values()):
             if obj.push_deadline is not None and now >= obj.push_deadline:
                 obj.push_deadline = None
@@ -1068,7 +1091,7 @@ class OffloadTarget(Miniport):
         f = self.faults.next_deadline()
         if f is not None:
             cands.append(f)
-        if self.outbox:
+        if self.outbox or self._dirty or self._events_waiting:
             cands.append(self.now)
         return min(cands) if cands else None
 
@@ -1076,6 +1099,7 @@ class OffloadTarget(Miniport):
         """Drain table.events() into the objects (no NDIS calls)."""
         if not self.datapath:
             return
+        self._events_waiting = False
         for handle, ev, value in self.table.events():
             obj = self.tcps.get(handle)
             if obj is None:
@@ -1130,8 +1154,12 @@ class OffloadTarget(Miniport):
         self._pump_sends(obj)
         self._deliver(obj)
         if obj.fin_received and not obj.fin_indicated and self._available(obj) == 0:
-            obj.fin_indicated = True  # c.5: after all earlier data was consumed
+            # c.5: after all earlier data was consumed: partially filled posts complete first
+            # and reach the host before the (synchronous) disconnect indication
             self._finish_posts_at_fin(obj)
+        if (obj.fin_received and not obj.fin_indicated and self._available(obj) == 0
+                and not obj.rx_completing):
+            obj.fin_indicated = True
             log.info("%s: %s peer closed (FIN)", self.name, obj.label)
             self.ndis.NdisTcpOffloadEventHandler(
                 obj.NdisOffloadHandle, TCP_OFFLOAD_EVENT_TYPE.TcpIndicateDisconnect, 0)
@@ -1168,7 +1196,20 @@ class OffloadTarget(Miniport):
         del obj.rx_held[:n]
         if len(out) < n:
             out += bytes(self.table.receive_take(obj.handle, n - len(out)))
+        if out and self.faults.take_duplicate(obj):
+            obj.rx_held[:0] = out  # fault hook: this data is delivered to the host once more
         return out
+
+    def _note_ip_id(self, frames: list[bytes]) -> list[bytes]:
+        """Remember the IPv4 identification of the newest frame the data path built (the C
+        table numbers its frames in order, T.1), for captures that must tell frames built
+        after a handoff event from older ones written later.  O(1) per call."""
+        if frames:
+            f = frames[-1]
+            off = 18 if f[12:14] == b"\x81\x00" else 14
+            if len(f) >= off + 6:
+                self.last_ip_id = (f[off + 4] << 8) | f[off + 5]
+        return frames
 
     def _arm_push(self, obj: TcpObject) -> None:
         obj.push_deadline = self.now + self.parameters.TcpPushTicks / self.ticks_per_second
@@ -1204,12 +1245,14 @@ class OffloadTarget(Miniport):
                 if completed:
                     if not any(p.filled and p.push for p in obj.posts):
                         obj.push_deadline = None
-                    self._complete_io("receive", completed)
+                    self._complete_receives(obj, completed)
                 if obj.posts:
                     return  # buffers left: nothing more to deliver now
-                # label B: the indication path
+                # label B: the indication path.  Indications are synchronous, completions are
+                # queued: newer data must not be indicated before the host has the data of the
+                # receive completions made earlier (the stream order), see _complete_receives.
                 avail = self._available(obj)
-                if not avail or obj.indicate_blocked:
+                if not avail or obj.indicate_blocked or obj.rx_completing:
                     return
                 size = obj.cached.RcvIndicationSize or avail
                 data = self._take(obj, min(avail, size))
@@ -1233,7 +1276,7 @@ class OffloadTarget(Miniport):
         """T.2 flowchart 4: complete a partially filled push-mode buffer."""
         if obj.posts and obj.posts[0].push and obj.posts[0].filled and not obj.delivering:
             p = obj.posts.popleft()
-            self._complete_io("receive", [self._finish(p.nbl, NdisStatus.SUCCESS, p.filled)])
+            self._complete_receives(obj, [self._finish(p.nbl, NdisStatus.SUCCESS, p.filled)])
             self._service(obj)
 
     def _finish_posts_at_fin(self, obj: TcpObject) -> None:
@@ -1244,7 +1287,30 @@ class OffloadTarget(Miniport):
             p = obj.posts.popleft()
             done.append(self._finish(p.nbl, NdisStatus.SUCCESS, p.filled))
         obj.push_deadline = None
-        self._complete_io("receive", done)
+        self._complete_receives(obj, done)
+
+    def _complete_receives(self, obj: TcpObject, nbls: list[NET_BUFFER_LIST]) -> None:
+        """Complete posted receives that carry data; until NDIS has delivered them (a work item
+        queued behind the completion runs after it), the connection indicates neither newer data
+        nor the peer's FIN (both are synchronous and would overtake the queued data)."""
+        if not nbls:
+            return
+        if not any(n.TcpOffloadBytesTransferred for n in nbls):
+            self._complete_io("receive", nbls)
+            return
+        head = link_nbls(nbls)
+        obj.rx_completing += 1
+
+        def complete() -> None:
+            self.ndis.NdisTcpOffloadReceiveComplete(head)
+            self._later(self._receives_delivered, obj)
+
+        self.faults.complete("receive", complete)
+
+    def _receives_delivered(self, obj: TcpObject) -> None:
+        obj.rx_completing = max(0, obj.rx_completing - 1)
+        if not obj.rx_completing and obj.handle in self.tcps and self.tcps[obj.handle] is obj:
+            self._service(obj)
 
     # =============================================================================================
     # indications and chimney status

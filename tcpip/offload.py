@@ -349,6 +349,14 @@ class ChimneyHost(Protocol):
         self._returns: list[NET_BUFFER_LIST] = []  # indicated NBLs to return (deferred)
         self._seq = itertools.count(1)  # send NBL order (resume sorts refused pieces by it)
         self._labels = itertools.count(1)
+        #: handoff observers ``fn(event, info)`` (e.g. :class:`vnic.capture.HandoffRecorder`):
+        #: ``offload-start`` (``snapshot``: the TcbSnapshot handed down), ``offload-complete``,
+        #: ``offload-failed`` (``status``), ``upload-requested`` (``reason``),
+        #: ``terminate-start``, ``terminate-complete`` (``status``, ``outcome``, ``delegated``,
+        #: ``send_bytes``, ``refused_bytes``, ``buffered``), ``receive-delivered`` (``data``
+        #: the target delivered to the host).  ``info`` always has ``key``, ``name``, ``sock``.
+        #: Called synchronously; an observer must not call back into the chimney.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         self.counters: dict[str, int] = {
             "offloads": 0, "offload_failures": 0, "uploads": 0, "lost": 0, "forwarded": 0,
             "held_segments": 0, "send_nbls": 0, "bytes_sent": 0, "bytes_received": 0,
@@ -716,6 +724,8 @@ class ChimneyHost(Protocol):
                         self._tag_send(rec, nbl)
                     rec.outstanding = len(snap.send_data)
                     rec.awaiting_buffered = len(snap.buffered_receive)  # T.2: delivered first
+                    if self.observers:
+                        self._observe("offload-start", rec, snapshot=snap)
                     tb = new_offload_block(state, rec.handle, label=rec.handle.label, send_data=chain)
                     tblocks.append(tb)
                 if pa.phase == "new":
@@ -775,6 +785,8 @@ class ChimneyHost(Protocol):
 
     def _offloaded(self, rec: OffloadedConnection) -> None:
         self._set_phase(rec, OffloadState.OFFLOADED)
+        if self.observers:
+            self._observe("offload-complete", rec)
         self.counters["offloads"] += 1
         rec.host_conn = None
         held, rec.held = rec.held, []
@@ -792,6 +804,8 @@ class ChimneyHost(Protocol):
         """d.7: the connection stays in the host; its send NBLs were not touched."""
         self.counters["offload_failures"] += 1
         log.info("%s: %s offload failed (%s), stays in the host", self.name, rec.name, status_name(status))
+        if self.observers:
+            self._observe("offload-failed", rec, status=status_name(status))
         self._unlink(rec)
         conn = rec.host_conn
         self.stack.attach(conn, rec.key)
@@ -907,6 +921,8 @@ class ChimneyHost(Protocol):
             k = min(left, n.DataLength)
             rec.rbuf += n.data[:k]
             left -= k
+        if take and self.observers:
+            self._observe("receive-delivered", rec, data=bytes(rec.rbuf[len(rec.rbuf) - take:]))
         rec._delivered(take)
         self.counters["bytes_received"] += take
         if take:
@@ -951,6 +967,8 @@ class ChimneyHost(Protocol):
             n = nbl.TcpOffloadBytesTransferred
             if n:
                 rec.rbuf += nbl.buffer[start : start + n]
+                if self.observers:
+                    self._observe("receive-delivered", rec, data=bytes(nbl.buffer[start : start + n]))
                 rec._delivered(n)
                 self.counters["bytes_received"] += n
             rec.posts_in_flight = max(0, rec.posts_in_flight - 1)
@@ -1025,6 +1043,8 @@ class ChimneyHost(Protocol):
             mandatory = reason in MANDATORY_UPLOAD_REASONS or not isinstance(reason, TCP_UPLOAD_REASON)
             if mandatory or self.policy.upload_on_optional_reasons:
                 rec.upload_wanted = True
+                if self.observers:
+                    self._observe("upload-requested", rec, reason=getattr(reason, "name", reason))
                 log.info("%s: %s upload requested (%s)", self.name, rec.name, getattr(reason, "name", reason))
             else:
                 log.info("%s: %s optional upload request %s declined", self.name, rec.name, reason.name)
@@ -1138,6 +1158,8 @@ class ChimneyHost(Protocol):
         going = {id(r) for r in recs}
         for rec in recs:
             self._set_phase(rec, OffloadState.UPLOADING)  # V13: no sends/receives from now on
+            if self.observers:
+                self._observe("terminate-start", rec)
         # V14: a neighbor/path goes only with (in the same tree as) its last dependents
         paths_going: list[_Shared] = []
         for pa in self._paths.values():
@@ -1205,7 +1227,8 @@ class ChimneyHost(Protocol):
         buffered = nbl_chain_bytes(buffered_head)
         # T.3 / d.3 step 6: the send data handed back, then what the target refused, in order
         pieces: list[tuple[int, bytes]] = list(rec.unsent)
-        self.counters["refused_send_bytes"] += sum(len(p) for _, p in rec.unsent)
+        refused_bytes = sum(len(p) for _, p in rec.unsent)
+        self.counters["refused_send_bytes"] += refused_bytes
         for i, nbl in enumerate(iter_nbls(block.NetBufferListChain)):
             tag = nbl.ProtocolReserved[1] if nbl.ProtocolReserved[0] is rec else None
             seqno = tag[0] if tag else -1_000_000 + i
@@ -1244,6 +1267,15 @@ class ChimneyHost(Protocol):
             self.binding.NdisOffloadTcpReceiveReturn(buffered_head)
         old = rec.phase
         rec.phase = OffloadState.IN_HOST
+        if self.observers:
+            # before the resumed connection sends anything (the held segments come next)
+            self._observe(
+                "terminate-complete", rec, status=status_name(block.Status),
+                outcome="resumed" if conn is not None else ("lost" if lost else "closed"),
+                delegated=deleg if isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) else None,
+                send_bytes=len(send_data) - refused_bytes, refused_bytes=refused_bytes,
+                buffered=buffered,
+            )
         if conn is not None:
             stack.attach(conn, rec.key)
             rec.sock.swap(conn, OffloadState.IN_HOST)
@@ -1344,4 +1376,10 @@ class ChimneyHost(Protocol):
 
     def _notify(self, rec: OffloadedConnection) -> None:
         self.stack.scheduler.notify(rec.sock)
+
+    def _observe(self, event: str, rec: OffloadedConnection, **info: Any) -> None:
+        """Tell every observer about a handoff event of ``rec`` (see ``observers``)."""
+        info.update(key=rec.key, name=rec.name, sock=rec.sock)
+        for fn in list(self.observers):
+            fn(event, info)
 

@@ -193,6 +193,11 @@ class TcpConfig:
     persist_min: float = 0.2  # lower bound of the persist interval (Linux TCP_RTO_MIN)
     challenge_ack_limit: int = 100  # RFC 5961 section 7: per challenge_ack_interval
     challenge_ack_interval: float = 1.0
+    # Segmentation offload (TSO): when the device below cuts segments at the MSS itself
+    # (vnic.vnet on a TAP), new data may leave in segments of up to this many bytes, a whole
+    # multiple of the MSS.  0 = every segment is at most one MSS (no offload).  Retransmissions
+    # are always MSS-sized.
+    tso_max: int = 0
 
 
 @dataclass(slots=True)
@@ -1646,6 +1651,8 @@ class TcpConnection:
         self._force_send = False
         counters = self.counters
         sent_any = False
+        tso_max = self.config.tso_max
+        chunk = tso_max - tso_max % smss if tso_max > smss else smss
         # Header fields shared by every segment of this burst (computed on the first one).
         hdr: tuple | None = None
         while True:
@@ -1664,7 +1671,7 @@ class TcpConnection:
             if self.config.limited_transmit:
                 cwnd += cc.limited_transmit_allowance()
             room = min(peer_room, cwnd - in_flight)
-            n = avail if avail < smss else smss
+            n = avail if avail < chunk else chunk
             if n > room:
                 n = room if room > 0 else 0
             if seq_lt(seq, self.snd_max):

@@ -31,6 +31,9 @@ from vnic.payload import PayloadStream, StreamDigest, connection_seed
 log = logging.getLogger(__name__)
 
 SERVICE_PORT = 5001
+#: largest TCP payload of a super-segment: an IPv4 datagram is at most 65535 bytes, less the
+#: IPv4 header and the largest TCP header
+TSO_MAX = 65535 - 20 - 60
 CHUNK = 64 * 1024
 Progress = Callable[[str], None]
 
@@ -279,8 +282,12 @@ def _run_tap(opts: TransferOptions) -> dict[str, Any]:
         with Lab(tap_offload=opts.tap_offload) as lab:
             say(f"lab {lab.namespace}: host {lab.host_ip} behind TAP {lab.tap_name}, "
                 f"Linux peer {lab.peer_ip}")
+            tcp_config = opts.tcp_config
+            if opts.tap_offload:
+                # the TAP segments at the MSS (vnic.vnet): send super-segments, like TSO
+                tcp_config = dataclasses.replace(tcp_config or TcpConfig(), tso_max=TSO_MAX)
             stack = HostStack(lab.host_mac_bytes, lab.host_ip_bytes, lab.prefix_len,
-                              tcp_config=opts.tcp_config, rng=random.Random(rng.getrandbits(64)),
+                              tcp_config=tcp_config, rng=random.Random(rng.getrandbits(64)),
                               name="host")
             agent = popen_in_namespace(lab.namespace, _peer_command(opts),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
