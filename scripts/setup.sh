@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything vnic needs on a fresh Debian bookworm machine (idempotent):
-# Debian packages for the lab, a virtual environment in .venv, and vnic installed into it
-# (which also builds the C extension of the offload target).
+# Debian packages for the lab (iproute2, gcc, python3-dev, tcpdump, tshark), a virtual
+# environment in .venv, and vnic installed into it (which also builds the C extension of the
+# offload target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# the second view of TAP runs: tcpdump in the peer namespace, tshark's TCP analysis
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
 python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
     || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then

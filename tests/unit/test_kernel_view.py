@@ -1,0 +1,80 @@
+"""tshark's view of a capture (the second view of TAP runs) on a synthetic pcap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from scapy.utils import wrpcap
+
+from vnic.kernel_view import (
+    PeerCaptureError,
+    analyze_with_tshark,
+    compare_with_capture,
+    count_packets,
+    have_tshark,
+)
+from vnic.pcapng import DIR_INBOUND, DIR_OUTBOUND, PcapngWriter
+from vnic.verify import verify_capture
+
+HOST, PEER = "198.18.0.2", "198.18.0.1"
+NAME = f"{HOST}:40000-{PEER}:5001"
+
+
+def frames() -> list[tuple[object, bool]]:
+    def h(seq: int, ack: int, flags: str, data: bytes = b"", window: int = 65535) -> object:
+        p = Ether() / IP(src=HOST, dst=PEER) / TCP(sport=40000, dport=5001, seq=seq, ack=ack,
+                                                   flags=flags, window=window)
+        return p / Raw(data) if data else p
+
+    def p(seq: int, ack: int, flags: str, data: bytes = b"", window: int = 65535) -> object:
+        q = Ether() / IP(src=PEER, dst=HOST) / TCP(sport=5001, dport=40000, seq=seq, ack=ack,
+                                                   flags=flags, window=window)
+        return q / Raw(data) if data else q
+
+    return [
+        (p(900, 0, "S"), False),  # the kernel opens (first frame from the peer side)
+        (h(100, 901, "SA"), True),
+        (p(901, 101, "A"), False),
+        (h(101, 901, "A", b"a" * 100), True),
+        (h(101, 901, "A", b"a" * 100), True),  # retransmission
+        (p(901, 201, "A", window=0), False),  # zero window
+        (h(201, 901, "R"), True),
+    ]
+
+
+def test_count_packets(tmp_path: Path) -> None:
+    path = tmp_path / "k.pcap"
+    wrpcap(str(path), [f for f, _ in frames()])
+    assert count_packets(path) == 7
+    assert count_packets(tmp_path / "none.pcap") == 0
+    (tmp_path / "junk.pcap").write_bytes(b"\0" * 64)
+    with pytest.raises(PeerCaptureError):
+        count_packets(tmp_path / "junk.pcap")
+
+
+@pytest.mark.skipif(not have_tshark(), reason="tshark is not installed")
+def test_analyze_with_tshark_counts_flags_per_connection_and_direction(tmp_path: Path) -> None:
+    path = tmp_path / "k.pcap"
+    wrpcap(str(path), [f for f, _ in frames()])
+    k = analyze_with_tshark(path, host_ip=HOST)
+    assert k["tcp_frames"] == 7 and k["rsts"] == 1 and k["ok"] is False
+    c = k["connections"][NAME]
+    assert c["host->peer"]["bytes"] == 200 and c["host->peer"]["retransmission"] == 1
+    assert c["host->peer"]["rsts"] == 1 and c["peer->host"]["zero_window"] == 1
+    assert c["peer->host"]["syns"] == 1 and c["host->peer"]["syns"] == 1
+    # without host_ip the side that sent the first frame is "host"
+    assert f"{PEER}:5001-{HOST}:40000" in analyze_with_tshark(path)["connections"]
+
+    # the host-side capture of the same frames: the views agree (bytes, RSTs)
+    ours = tmp_path / "ours.pcapng"
+    with PcapngWriter(ours, time_base=0.0) as cap:
+        for i, (f, outbound) in enumerate(frames()):
+            cap.write_frame(bytes(f), i * 0.001, None, DIR_OUTBOUND if outbound else DIR_INBOUND)
+    report = verify_capture(ours)
+    assert compare_with_capture(k, report) == {"agrees": True, "disagreements": []}
+    k["connections"][NAME]["host->peer"]["bytes"] = 50
+    assert not compare_with_capture(k, report)["agrees"]
