@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tcpip.tcp_segment import TcpFlags
 from tests.unit.tcp_engine.conftest import (
     LOCAL_SEQ,
     MSS,
@@ -12,7 +13,6 @@ from tests.unit.tcp_engine.conftest import (
     established,
     recv,
 )
-from tcpip.tcp_segment import TcpFlags
 
 
 def _bulk(tso_max: int, nbytes: int = 40_000):
