@@ -3,7 +3,9 @@
 # C extension.  Extra arguments go to pytest.  System tests (TAP + namespaces) run when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# VNIC_SETUP_DONE=1: everything is installed already (the docker image sets it; its tests may
+# run without network access)
+[ "${VNIC_SETUP_DONE:-}" = 1 ] || bash scripts/setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest"
