@@ -205,12 +205,17 @@ class PeerCapture:
 
 _FIELDS = ("frame.number", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.len",
            "tcp.flags.reset", "tcp.flags.syn", "tcp.flags.fin",
-           *(f"tcp.analysis.{f}" for f in ANALYSIS_FLAGS))
+           *(f"tcp.analysis.{f}" for f in ANALYSIS_FLAGS),
+           "tcp.seq_raw", "tcp.ack_raw", "tcp.flags.ack")
 
 
 def _dir_record() -> dict[str, int]:
-    return {"frames": 0, "bytes": 0, "rsts": 0, "syns": 0, "fins": 0,
+    return {"frames": 0, "bytes": 0, "rsts": 0, "late_rsts": 0, "syns": 0, "fins": 0,
             **{f: 0 for f in ANALYSIS_FLAGS}}
+
+
+def _flag(value: str) -> bool:
+    return value in ("1", "True")
 
 
 def analyze_with_tshark(pcap: str | os.PathLike[str] | PeerCapture, *, host_ip: str | None = None,
@@ -220,7 +225,9 @@ def analyze_with_tshark(pcap: str | os.PathLike[str] | PeerCapture, *, host_ip: 
     its lab's), else the side that sent the connection's first frame) and direction
     (``host->peer`` / ``peer->host``): frames, payload bytes (``tcp.len``, retransmissions
     included), RSTs, SYNs, FINs and every ``tcp.analysis`` flag; plus totals, ``rsts`` and
-    ``ok`` (the kernel saw no RST)."""
+    ``ok`` (the kernel saw no RST but *late* ones: sent after both FINs were acknowledged, as
+    ``vnic run`` and ``vnic verify`` count them; ``rsts`` counts every RST, ``late_rsts``
+    those)."""
     if isinstance(pcap, PeerCapture):
         host_ip = host_ip or pcap.host_ip
         pcap = pcap.path
@@ -241,6 +248,9 @@ def analyze_with_tshark(pcap: str | os.PathLike[str] | PeerCapture, *, host_ip: 
     totals = _dir_record()
     frames = 0
     nfix = 9
+    nflags = len(ANALYSIS_FLAGS)
+    # per connection and direction: [FIN end (raw sequence) or None, acknowledged]
+    fins: dict[str, dict[str, list[Any]]] = {}
     for line in proc.stdout.splitlines():
         cols = line.split("\t")
         if len(cols) < nfix:
@@ -268,11 +278,24 @@ def analyze_with_tshark(pcap: str | os.PathLike[str] | PeerCapture, *, host_ip: 
         n = int(tlen or 0)
         r["bytes"] += n
         for field, value in (("rsts", rst), ("syns", syn), ("fins", fin)):
-            if value in ("1", "True"):
+            if _flag(value):
                 r[field] += 1
-        for flag, value in zip(ANALYSIS_FLAGS, cols[nfix:nfix + len(ANALYSIS_FLAGS)], strict=True):
+        for flag, value in zip(ANALYSIS_FLAGS, cols[nfix:nfix + nflags], strict=True):
             if value:
                 r[flag] += 1
+        seq_raw, ack_raw, ackf = cols[nfix + nflags:nfix + nflags + 3]
+        st = fins.setdefault(name, {"host->peer": [None, False], "peer->host": [None, False]})
+        if _flag(rst):
+            if all(x[0] is not None and x[1] for x in st.values()):
+                r["late_rsts"] += 1  # after both FINs were acknowledged: the streams were complete
+        elif seq_raw.isdigit():
+            seq, ack = int(seq_raw), int(ack_raw) if ack_raw.isdigit() else 0
+            if _flag(fin):
+                st[direction][0] = (seq + n + (1 if _flag(syn) else 0) + 1) & 0xFFFFFFFF
+            other = st["peer->host" if direction == "host->peer" else "host->peer"]
+            if (_flag(ackf) and other[0] is not None
+                    and ((ack - other[0]) & 0xFFFFFFFF) < 0x80000000):
+                other[1] = True
         totals["frames"] += 1
     for rec in conns.values():
         for r in rec.values():
@@ -282,7 +305,8 @@ def analyze_with_tshark(pcap: str | os.PathLike[str] | PeerCapture, *, host_ip: 
     version = subprocess.run(["tshark", "--version"], capture_output=True, text=True,
                              check=False).stdout.splitlines()[:1]
     return {"tool": version[0] if version else "tshark", "pcap": str(pcap), "tcp_frames": frames,
-            "rsts": totals["rsts"], "ok": totals["rsts"] == 0, "totals": totals,
+            "rsts": totals["rsts"], "late_rsts": totals["late_rsts"],
+            "ok": totals["rsts"] == totals["late_rsts"], "totals": totals,
             "connections": conns}
 
 

@@ -30,9 +30,6 @@ def test_example_scenario_runs_over_tap(path: Path, tmp_path: Path, leak_guard: 
         assert Path(report["files"][key]).stat().st_size > 0
     assert all(c["intact"] and c["rsts"] == 0 for c in report["connections"])
     failed = [e for e in report["expectations"] if e["ok"] is False]
-    assert all(e["name"] == "verify" for e in failed), failed
-    if failed:
-        # every stream was checked intact by SHA-256 at both applications; what is left is a
-        # rule of the capture verifier (vnic.verify), shown here rather than hidden
-        pytest.xfail(f"capture verifier: {failed[0]['detail'][:300]}")
+    assert not failed, failed
+    assert report["verify"]["available"] and report["verify"]["ok"], report["verify"]["failures"]
     assert status == 0

@@ -78,3 +78,29 @@ def test_analyze_with_tshark_counts_flags_per_connection_and_direction(tmp_path:
     assert compare_with_capture(k, report) == {"agrees": True, "disagreements": []}
     k["connections"][NAME]["host->peer"]["bytes"] = 50
     assert not compare_with_capture(k, report)["agrees"]
+
+
+@pytest.mark.skipif(not have_tshark(), reason="tshark is not installed")
+def test_rst_after_both_fins_acked_is_late_in_the_tshark_view(tmp_path: Path) -> None:
+    """The kernel, CLOSED after LAST-ACK, answers a duplicate ACK with an RST: counted in
+    ``rsts`` and ``late_rsts``, ``ok`` (as vnic run and vnic verify count it)."""
+    def h(seq: int, ack: int, flags: str) -> object:
+        return Ether() / IP(src=HOST, dst=PEER) / TCP(sport=40000, dport=5001, seq=seq, ack=ack,
+                                                      flags=flags)
+
+    def p(seq: int, ack: int, flags: str) -> object:
+        return Ether() / IP(src=PEER, dst=HOST) / TCP(sport=5001, dport=40000, seq=seq, ack=ack,
+                                                      flags=flags)
+
+    close = [h(100, 0, "S"), p(900, 101, "SA"), h(101, 901, "A"),
+             h(101, 901, "FA"), p(901, 102, "A")]
+    early = tmp_path / "early.pcap"
+    wrpcap(str(early), [*close, p(901, 102, "R")])  # the peer's FIN was never sent
+    k = analyze_with_tshark(early, host_ip=HOST)
+    assert k["rsts"] == 1 and k["late_rsts"] == 0 and k["ok"] is False
+    late = tmp_path / "late.pcap"
+    wrpcap(str(late), [*close, p(901, 102, "FA"), h(102, 902, "A"), h(102, 902, "A"),
+                       p(902, 0, "R")])
+    k = analyze_with_tshark(late, host_ip=HOST)
+    assert k["rsts"] == 1 and k["late_rsts"] == 1 and k["ok"] is True
+    assert k["connections"][NAME]["peer->host"]["late_rsts"] == 1
