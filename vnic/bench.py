@@ -109,3 +109,33 @@ def render_offload(r: dict[str, Any]) -> str:
     from vnic.bench_offload import render
 
     return render(r)
+
+
+def bench_handoff(handoffs: int, connections: int, progress: Progress | None = None, *,
+                  sim_only: bool = False) -> dict[str, Any]:
+    """Handoff gap (terminate call to the host's first frame on the wire) over many offload ->
+    terminate cycles, over TAP with the kernel peer when privileges allow (unless ``sim_only``;
+    otherwise on the simulated wire), and the time to upload ``connections`` offloaded
+    connections in one terminate tree on the simulated wire (:mod:`vnic.bench_handoff`)."""
+    from vnic.bench_handoff import run
+    from vnic.privileges import check_lab_privileges
+
+    say = progress or (lambda _m: None)
+    reason = "--sim given" if sim_only else check_lab_privileges()
+    if reason and not sim_only:
+        say(f"{reason}: measuring the handoff gap on the simulated wire")
+    from vnic.cli import UsageError
+    from vnic.lab import LabError
+
+    try:
+        result = run(handoffs, connections, progress, tap=not reason)
+    except LabError as exc:
+        raise UsageError(f"cannot set up the lab: {exc}; --sim uses the simulated wire") from exc
+    result["tap_skipped"] = reason or None
+    return result
+
+
+def render_handoff(r: dict[str, Any]) -> str:
+    from vnic.bench_handoff import render
+
+    return render(r)
