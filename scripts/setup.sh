@@ -29,6 +29,13 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 echo "[setup] installing vnic and its test tools into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c 'import vnic, tcpip, ndis, offload_target' || { echo "[setup] install failed" >&2; exit 1; }
+if ! out=$(.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "[setup] pip install failed" >&2
+    exit 1
+fi
+printf '%s\n' "$out" | grep -v -e "^WARNING: Location" -e '^$' || true
+# the C extension must really be there: without it the offload target cannot offload anything
+.venv/bin/python -c 'import offload_target._ctable as c; assert c.HAS_DATAPATH' \
+    || { echo "[setup] the C extension offload_target._ctable did not build" >&2; exit 1; }
 echo "[setup] done: .venv/bin/vnic --help"
