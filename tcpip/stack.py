@@ -175,6 +175,9 @@ class HostStack:
         self._listeners: dict[int, _Listener] = {}
         self._embryonic: dict[ConnKey, _Listener] = {}
         self._dirty: dict[ConnKey, None] = {}  # insertion-ordered set: deterministic replays
+        # connections that used their burst budget (TcpConfig.burst_segments) in this poll():
+        # serviced again only in the next one, after the loop wrote this poll's frames
+        self._deferred: dict[ConnKey, None] = {}
         # Offload support (tcpip.offload): stable per-connection socket records that streams
         # hold, connections parked while the chimney owns them, and services polled with us.
         self._sockets: dict[ConnKey, Any] = {}
@@ -308,6 +311,7 @@ class HostStack:
         del self._conns[key]
         self._deadlines.pop(key, None)
         self._dirty.pop(key, None)
+        self._deferred.pop(key, None)
         self._parked[key] = on_segment
         return key
 
@@ -380,6 +384,9 @@ class HostStack:
 
     def poll(self, now: float) -> list[bytes]:
         self._now = now
+        if self._deferred:
+            self._dirty.update(self._deferred)
+            self._deferred = {}
         for service in self._services:
             service.poll(now)
         for _ in range(_MAX_POLL_ROUNDS):
@@ -398,7 +405,7 @@ class HostStack:
         return out
 
     def next_deadline(self) -> float | None:
-        if self._tx or self._dirty:
+        if self._tx or self._dirty or self._deferred:
             return self._now
         best: float | None = None
         timers = self._timers
@@ -648,7 +655,10 @@ class HostStack:
 
     def _service(self, now: float) -> None:
         dirty, self._dirty = self._dirty, {}
+        deferred = self._deferred
         for key in dirty:
+            if key in deferred:
+                continue  # budget used up in this poll(); the next one goes on
             conn = self._conns.get(key)
             if conn is None:
                 continue
@@ -663,6 +673,8 @@ class HostStack:
                 continue
             for seg in segments:
                 self._send_tcp(seg, key[0], now)
+            if conn._dirty:
+                deferred[key] = None  # stopped by its burst budget (TcpConfig.burst_segments)
             self._notify(key, conn)
             if conn.closed:
                 self._remove(key, conn)

@@ -198,6 +198,12 @@ class TcpConfig:
     # multiple of the MSS.  0 = every segment is at most one MSS (no offload).  Retransmissions
     # are always MSS-sized.
     tso_max: int = 0
+    # At most this many segments of new or resent data per ``poll()`` (0 = no limit).  The run
+    # loop writes a poll's frames only when it returns, so building a long burst (about 15 us
+    # per segment here) delays the burst's first frame on the wire by the time the rest takes;
+    # with a limit the rest follows on the next pass, after the loop has written these and
+    # read what arrived meanwhile (the same idea as Linux's TCP small queues).
+    burst_segments: int = 16
 
 
 @dataclass(slots=True)
@@ -1653,6 +1659,7 @@ class TcpConnection:
         sent_any = False
         tso_max = self.config.tso_max
         chunk = tso_max - tso_max % smss if tso_max > smss else smss
+        budget = self.config.burst_segments or -1
         # Header fields shared by every segment of this burst (computed on the first one).
         hdr: tuple | None = None
         while True:
@@ -1737,6 +1744,10 @@ class TcpConnection:
             sent_any = True
             force = False
             if fin:
+                break
+            budget -= 1
+            if budget == 0:
+                self._dirty = True  # more may be sendable: the next poll() goes on
                 break
         if sent_any:
             self._persist_deadline = None

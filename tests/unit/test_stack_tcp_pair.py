@@ -207,3 +207,49 @@ def test_engine_exceptions_are_contained(monkeypatch: pytest.MonkeyPatch) -> Non
     frame = next(f for _, i, f in reversed(wire.frames) if i == 0)  # a frame a sent to b
     b.receive_frame(frame, wire.now)  # receive_frame survives on_segment raising
     assert b.counters.drops["internal-error"] == 1
+
+
+def test_burst_budget_spreads_a_burst_over_polls_and_the_stream_stays_intact() -> None:
+    """HostStack with TcpConfig.burst_segments: one poll() returns at most the budget of one
+    connection's data segments even when its application writes more during that poll; the
+    stack asks to be polled again at once; the byte stream arrives intact."""
+    budget = 3
+    a = HostStack(mac_bytes("02:00:00:00:00:01"), ip_bytes(IP_A), 24, rng=random.Random(1),
+                  name="a", tcp_config=tcp.TcpConfig(burst_segments=budget))
+    b = HostStack(mac_bytes("02:00:00:00:00:02"), ip_bytes(IP_B), 24, rng=random.Random(2),
+                  name="b")
+    wire = FramePair(a, b)
+    data = random.Random(9).randbytes(400_000)
+    got = bytearray()
+    largest = 0
+
+    async def sink(reader, writer) -> None:  # type: ignore[no-untyped-def]
+        while chunk := await reader.read(1 << 16):
+            got.extend(chunk)
+
+    serve(b, sink, 9)
+
+    async def client() -> None:
+        _r, w = await open_connection(a, IP_B, 9)
+        for i in range(0, len(data), 50_000):
+            w.write(data[i:i + 50_000])
+            await w.drain()
+        w.close()
+
+    task = a.scheduler.spawn(client())
+    orig_poll = a.poll
+
+    def counting_poll(now: float) -> list[bytes]:
+        nonlocal largest
+        out = orig_poll(now)
+        data_frames = sum(1 for f in out if len(f) > 200)
+        largest = max(largest, data_frames)
+        if data_frames == budget:
+            assert a.next_deadline() == now  # the rest goes out on the next pass
+        return out
+
+    a.poll = counting_poll  # type: ignore[method-assign]
+    wire.run_until(lambda: task.done() and len(got) >= len(data))
+    assert task.exception() is None
+    assert bytes(got) == data
+    assert largest == budget
