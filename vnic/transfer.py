@@ -213,6 +213,32 @@ def _summarise(opts: TransferOptions, mode: str, sides: list[HostSide],
     }
 
 
+def _record_digests(capture: Any, t: float, host_ip: bytes, peer_ip: bytes,
+                    sides: list[HostSide], peer_by_port: dict[int, dict[str, Any]],
+                    opts: TransferOptions) -> None:
+    """``stream-digest`` events for ``vnic verify``: per connection and direction, what the
+    sending application sent and what the receiving one read (the peer's figures from its
+    report), so the capture alone proves the wire stream equals the applications' bytes."""
+    from vnic.capture import conn_name, write_digest
+
+    for side in sides:
+        if not side.local_port:
+            continue
+        name = conn_name(host_ip, side.local_port, peer_ip, SERVICE_PORT)
+        got = peer_by_port.get(side.local_port) or {}
+        if opts.sends_up:
+            write_digest(capture, t, name, "host->peer", side.sent.count, side.sent.hexdigest())
+            if got.get("sha256_received"):
+                write_digest(capture, t, name, "host->peer", int(got.get("bytes_received", 0)),
+                             str(got["sha256_received"]), side="received")
+        if opts.sends_down:
+            write_digest(capture, t, name, "peer->host", side.received.count,
+                         side.received.hexdigest(), side="received")
+            if got.get("sha256_sent"):
+                write_digest(capture, t, name, "peer->host", int(got.get("bytes_sent", 0)),
+                             str(got["sha256_sent"]))
+
+
 # ------------------------------------------------------------------------------------ simulation
 
 
@@ -245,6 +271,8 @@ def _run_sim(opts: TransferOptions) -> dict[str, Any]:
         start = time.monotonic()
         ok = wire.run_until(finished, timeout=opts.timeout)
         wall = time.monotonic() - start
+        if capture is not None:
+            _record_digests(capture, wire.now, host.ip, peer.ip, sides, peer_results, opts)
     finally:
         if capture is not None:
             capture.close()
@@ -328,6 +356,9 @@ def _run_tap(opts: TransferOptions) -> dict[str, Any]:
             for side in sides:
                 if not side.done:
                     side.error = side.error or f"not finished after {opts.timeout} s"
+            if capture is not None:
+                _record_digests(capture, loop.clock.now(), lab.host_ip_bytes, lab.peer_ip_bytes,
+                                sides, peer_by_port, opts)
             return _summarise(opts, "tap", sides, peer_by_port, wall, {
                 "completed": completed,
                 "lab": lab.describe(),

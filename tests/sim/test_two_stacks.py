@@ -320,6 +320,47 @@ def test_cli_transfer_sim_json(capsys: pytest.CaptureFixture[str]) -> None:
             assert d["sha256_sent"] == d["sha256_received"]
 
 
+def test_cli_transfer_sim_pcap_records_digests_that_verify_checks(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vnic transfer --pcap` writes stream-digest events (sent and received, each direction):
+    `vnic verify` then checks the wire streams against what the applications sent; a capture
+    whose digest differs from its frames fails the digest-match rule."""
+    from vnic.cli import main
+    from vnic.verify import verify_capture
+
+    pcap = tmp_path / "t.pcapng"
+    rc = main(["transfer", "--sim", "--bytes", "100KiB", "--connections", "2", "--loss", "0.01",
+               "--seed", "3", "--pcap", str(pcap), "--json"])
+    assert rc == 0, capsys.readouterr().out
+    report = verify_capture(pcap)
+    assert report.ok, report
+    assert len(report.connections) == 2
+    for conn in report.connections.values():
+        for d in conn.directions.values():
+            assert d.digests_checked == 2  # the sender's and the receiver's digest
+
+    # one recorded digest wrong (as if the application's bytes differed from the wire's):
+    # verify must fail and name the rule
+    import vnic.capture as capture_mod
+
+    real = capture_mod.write_digest
+    calls = []
+
+    def corrupt_first(capture, t, conn, direction, nbytes, sha256, *, side="sent"):  # type: ignore[no-untyped-def]
+        calls.append(conn)
+        return real(capture, t, conn, direction, nbytes, "0" * 64 if len(calls) == 1 else sha256,
+                    side=side)
+
+    monkeypatch.setattr(capture_mod, "write_digest", corrupt_first)
+    bad = tmp_path / "bad.pcapng"
+    rc = main(["transfer", "--sim", "--bytes", "100KiB", "--seed", "3", "--pcap", str(bad), "--json"])
+    capsys.readouterr()
+    assert rc == 0 and calls  # the transfer itself is intact; only the record is wrong
+    bad_report = verify_capture(bad)
+    assert not bad_report.ok
+    assert bad_report.rules_failed() == {"digest-match"}
+
+
 BAD_INPUTS = [
     (["--bytes", "12XB"], "--bytes"),
     (["--loss", "2"], "--loss"),
