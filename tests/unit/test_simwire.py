@@ -182,3 +182,91 @@ def test_wire_conserves_frames_and_replays(seed: int, loss: float, duplicate: fl
         assert delivered == c.frames_in - c.dropped + c.duplicated
     times = [now for now, _ in got]
     assert times == sorted(times)
+
+
+# -- batched delivery (FrameNode.receive_frames) ----------------------------------------------------
+
+
+class Burst:
+    """Sends ``size`` frames at once at each of ``times`` (in its poll), records replies."""
+
+    def __init__(self, times: list[float], size: int) -> None:
+        self.received: list[tuple[float, bytes]] = []
+        self.times = list(times)
+        self.size = size
+        self.burst = 0
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.received.append((now, frame))
+
+    def poll(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        while self.times and self.times[0] <= now:
+            self.times.pop(0)
+            out += [b"b%03d-%03d" % (self.burst, i) for i in range(self.size)]
+            self.burst += 1
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.times[0] if self.times else None
+
+
+class BatchEcho(Echo):
+    """Echo with the optional batch method; records how frames arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []  # batch sizes of receive_frames calls (1 = receive_frame)
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.calls.append(1)
+        super().receive_frame(frame, now)
+
+    def receive_frames(self, frames: list[bytes], now: float) -> None:
+        self.calls.append(len(frames))
+        for f in frames:
+            Echo.receive_frame(self, f, now)
+
+
+def _burst_run(receiver: Echo, **kw: object) -> tuple[Burst, Echo, SimWire]:
+    a = Burst([0.0, 0.001, 0.001, 0.0025], 7)
+    wire = SimWire(a, receiver, latency=(0.0003, 0.0002), **kw)  # type: ignore[arg-type]
+    wire.inject(1, b"injected", at=0.0003)  # same instant as the first burst, queued first
+    wire.run_idle(timeout=1.0)
+    return a, receiver, wire
+
+
+def test_batched_delivery_is_per_frame_delivery() -> None:
+    a1, e1, w1 = _burst_run(Echo())
+    a2, e2, w2 = _burst_run(BatchEcho())
+    assert e2.received == e1.received and len(e1.received) == 4 * 7 + 1
+    assert a2.received == a1.received  # the replies (one poll's worth each, batched) too
+    assert w2.stats == w1.stats
+    assert w2.stats.delivered_to_b == w2.stats.frames_a_to_b + 1 == 4 * 7 + 1
+    assert w2.stats.bytes_a_to_b == 4 * 7 * 8
+    assert e2.received[0] == (0.0003, b"injected")  # (queued before the burst at that time)
+    assert len(a2.received) == len(e2.received) and a2.received[0][0] == 0.0003 + 0.0002
+    # the frames of one poll came as one call, the injected frame on its own
+    assert isinstance(e2, BatchEcho) and e2.calls == [1, 7, 14, 7]
+
+
+@pytest.mark.parametrize("kind", ["bandwidth", "faults", "capture"])
+def test_per_frame_hooks_keep_per_frame_delivery(kind: str, tmp_path: Path) -> None:
+    def kw() -> dict[str, object]:
+        if kind == "bandwidth":
+            return {"bandwidth": 1e6}
+        if kind == "faults":
+            spec = FaultSpec(jitter=0.0001)
+            return {"faults": WireFaults.from_specs(spec, spec, seed=3)}
+        return {"capture": PcapngWriter(tmp_path / f"{len(list(tmp_path.iterdir()))}.pcapng",
+                                        time_base=0.0)}
+
+    a1, e1, w1 = _burst_run(Echo(), **kw())
+    a2, e2, w2 = _burst_run(BatchEcho(), **kw())
+    assert e2.received == e1.received and a2.received == a1.received
+    assert w2.stats == w1.stats
+    assert isinstance(e2, BatchEcho) and set(e2.calls) == {1}
+    for w in (w1, w2):
+        if w.capture is not None:
+            w.capture.close()
+            assert len(read_pcapng(w.capture.path)) == 2 * (4 * 7 + 1)  # and the echoes
