@@ -105,6 +105,7 @@ def build_offload_host(
     ticks_per_second: int = 1000,
     moderate: bool = True,
     name: str = "host",
+    tso_max: int = 0,
 ) -> OffloadHost:
     """HostStack + ChimneyHost bound through NDIS (checked) to an OffloadTarget, as one node.
 
@@ -112,7 +113,13 @@ def build_offload_host(
     False = none, or a checker to use.  ``watch``: wrap the NIC node in a :class:`WireWatch`.
     ``moderate``: the target's interrupt moderation (data-path events of a batch of received
     frames become NDIS calls at the next poll, ``OffloadTarget(moderate=True)``).
+    ``tso_max``: on a TAP with virtio-net offload (``Lab(tap_offload=True)``) the largest
+    super-segment payload, for both the host stack (``TcpConfig.tso_max``, unless
+    ``tcp_config`` sets one) and the target's data path (``OffloadTarget(tso_max=)``); 0 (the
+    default; a wire of MTU frames) = MSS-sized frames on both.
     """
+    if tso_max and not (tcp_config and tcp_config.tso_max):
+        tcp_config = dataclasses.replace(tcp_config or TcpConfig(), tso_max=tso_max)
     stack = HostStack(bytes(mac), bytes(ip), prefix_len, gateway=gateway, tcp_config=tcp_config,
                       rng=rng if rng is not None else random.Random(1), name=name)
     chk: ConformanceChecker | None
@@ -122,7 +129,7 @@ def build_offload_host(
         chk = ConformanceChecker(strict=strict) if checker else None
     ndis = Ndis(checker=chk) if chk is not None else Ndis()
     target = OffloadTarget(capacity, mac=stack.mac, ticks_per_second=ticks_per_second,
-                           name=f"{name}-target", moderate=moderate)
+                           name=f"{name}-target", moderate=moderate, tso_max=tso_max)
     miniport = ndis.register_miniport(target, capabilities=target.capabilities, name="target")
     if params is None:
         params = NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS(TicksPerSecond=ticks_per_second)
