@@ -77,6 +77,7 @@ __all__ = [
     "ndis_to_protocol",
     "iter_tree",
     "iter_blocks",
+    "list_blocks",
     "link_nbls",
     "iter_nbls",
     "new_offload_block",
@@ -297,9 +298,8 @@ class OffloadBlockList:
     """Common slot layout of both block-list flavors (see module docstring)."""
 
     __slots__ = (
-        "Header", "NextBlock", "DependentBlockList", "Status", "_w", "ProtocolReserved",
-        "MiniportReserved", "ImReserved", "Scratch", "SourceHandle", "PortNumber",
-        "NetBufferListChain", "state", "label", "__weakref__",
+        "Header", "NextBlock", "DependentBlockList", "Status", "_w", "_pr", "_mr", "_ir", "_sc",
+        "SourceHandle", "PortNumber", "NetBufferListChain", "state", "label", "__weakref__",
     )
 
     _names = itertools.count(1)
@@ -311,15 +311,62 @@ class OffloadBlockList:
         self.Status: int = 0
         # words at 0x20, 0x28, 0x30, 0x38
         self._w: list[Any] = [None, None, None, None]
-        self.ProtocolReserved: list[Any] = [None, None]
-        self.MiniportReserved: list[Any] = [None, None]
-        self.ImReserved: list[Any] = [None, None]
-        self.Scratch: list[Any] = [None, None]
+        # ProtocolReserved / MiniportReserved / ImReserved / Scratch: two NULL words each,
+        # materialised on first use (a terminate tree of 10,000 connections would otherwise
+        # allocate 40,000 lists nobody touches)
+        self._pr: list[Any] | None = None
+        self._mr: list[Any] | None = None
+        self._ir: list[Any] | None = None
+        self._sc: list[Any] | None = None
         self.SourceHandle: Any = None
         self.PortNumber: int = 0
         self.NetBufferListChain: NET_BUFFER_LIST | None = None
         self.state = state
         self.label = label or f"B{next(self._names)}"
+
+    @property
+    def ProtocolReserved(self) -> list[Any]:  # noqa: N802
+        v = self._pr
+        if v is None:
+            v = self._pr = [None, None]
+        return v
+
+    @ProtocolReserved.setter
+    def ProtocolReserved(self, v: list[Any]) -> None:  # noqa: N802
+        self._pr = v
+
+    @property
+    def MiniportReserved(self) -> list[Any]:  # noqa: N802
+        v = self._mr
+        if v is None:
+            v = self._mr = [None, None]
+        return v
+
+    @MiniportReserved.setter
+    def MiniportReserved(self, v: list[Any]) -> None:  # noqa: N802
+        self._mr = v
+
+    @property
+    def ImReserved(self) -> list[Any]:  # noqa: N802
+        v = self._ir
+        if v is None:
+            v = self._ir = [None, None]
+        return v
+
+    @ImReserved.setter
+    def ImReserved(self, v: list[Any]) -> None:  # noqa: N802
+        self._ir = v
+
+    @property
+    def Scratch(self) -> list[Any]:  # noqa: N802
+        v = self._sc
+        if v is None:
+            v = self._sc = [None, None]
+        return v
+
+    @Scratch.setter
+    def Scratch(self, v: list[Any]) -> None:  # noqa: N802
+        self._sc = v
 
     @property
     def layer(self) -> OffloadLayer | None:
@@ -420,11 +467,10 @@ def recast(block: OffloadBlockList, cls: type[OffloadBlockList]) -> OffloadBlock
 def ndis_to_miniport(block: OffloadBlockList) -> NDIS_MINIPORT_OFFLOAD_BLOCK_LIST:
     """b.2: the conversion NDIS does on the way down (protocol -> miniport), in place."""
     if isinstance(block, NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST):
-        handle = block.OffloadHandle
-        recast(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
-        assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
-        block.NdisOffloadHandle = handle
-        block.MiniportOffloadContext = handle.slot if handle is not None else None
+        words = block._w
+        handle = words[3]  # OffloadHandle, which the miniport flavor calls NdisOffloadHandle
+        block.__class__ = NDIS_MINIPORT_OFFLOAD_BLOCK_LIST  # recast
+        words[2] = handle.slot if handle is not None else None  # MiniportOffloadContext
     assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
     return block
 
@@ -500,6 +546,33 @@ def iter_tree(
 def iter_blocks(root: OffloadBlockList | None) -> Iterator[OffloadBlockList]:
     for block, _, _ in iter_tree(root):
         yield block
+
+
+def list_blocks(root: OffloadBlockList | None) -> list[OffloadBlockList]:
+    """The blocks of ``iter_blocks(root)`` as a list, built in one loop (b.4 order; the same
+    :class:`TreeError` checks as :func:`iter_tree`, raised before anything is returned)."""
+    out: list[OffloadBlockList] = []
+    if root is None:
+        return out
+    append = out.append
+    stack: list[tuple[OffloadBlockList, int]] = [(root, 0)]
+    pop = stack.pop
+    push = stack.append
+    seen: set[int] = set()
+    while stack:
+        block, depth = pop()
+        k = id(block)
+        if k in seen:
+            raise TreeError(f"cycle through {block.label}")
+        seen.add(k)
+        if depth > 2:
+            raise TreeError(f"{block.label}: more than three levels (b.4)")
+        append(block)
+        if block.NextBlock is not None:
+            push((block.NextBlock, depth))
+        if block.DependentBlockList is not None:
+            push((block.DependentBlockList, depth + 1))
+    return out
 
 
 def dependents(block: OffloadBlockList) -> list[OffloadBlockList]:

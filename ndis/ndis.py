@@ -40,9 +40,9 @@ from .blocks import (
     NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST,
     NET_BUFFER_LIST,
     OffloadBlockList,
-    iter_blocks,
     iter_nbls,
     link_nbls,
+    list_blocks,
     ndis_to_miniport,
     ndis_to_protocol,
 )
@@ -358,7 +358,7 @@ class Ndis:
     def _request(self, binding: NDIS_BINDING_HANDLE, op: Operation, root: OffloadBlockList) -> None:
         mp = binding.miniport
         self.checker.request(binding, op, root)
-        blocks = list(iter_blocks(root))
+        blocks = list_blocks(root)
         for block in blocks:
             ndis_to_miniport(block)  # b.2
             handle = block.NdisOffloadHandle  # type: ignore[attr-defined]
@@ -401,7 +401,7 @@ class Ndis:
         self._queue.append(("state", binding, (op, root)))
 
     def _deliver_state(self, binding: NDIS_BINDING_HANDLE, op: Operation, root: OffloadBlockList) -> None:
-        for block in iter_blocks(root):
+        for block in list_blocks(root):
             ndis_to_protocol(block)  # b.2
         self.checker.complete_delivering(binding, op, root)
         g = binding.client_generic

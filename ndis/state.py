@@ -213,14 +213,15 @@ class OffloadLayer(enum.IntEnum):
     TCP = 3
 
 
+_LAYER_OF_TYPE: tuple[OffloadLayer | None, ...] = (
+    (None,) + (OffloadLayer.NEIGHBOR,) * 4 + (OffloadLayer.PATH,) * 8 + (OffloadLayer.TCP,) * 5
+)
+
+
 def layer_of_type(block_type: int) -> OffloadLayer | None:
     """b.10: 1-4 neighbor, 5-12 path, 13-17 TCP; anything else has no layer."""
-    if 1 <= block_type <= 4:
-        return OffloadLayer.NEIGHBOR
-    if 5 <= block_type <= 12:
-        return OffloadLayer.PATH
-    if 13 <= block_type <= 17:
-        return OffloadLayer.TCP
+    if 0 <= block_type <= 17:
+        return _LAYER_OF_TYPE[block_type]
     return None
 
 

@@ -207,14 +207,22 @@ def nt_success(status: int) -> bool:
     return (int(status) & 0xFFFFFFFF) < 0x80000000
 
 
+_STATUS_NAMES: dict[int, str] = {}
+
+
 def status_name(status: int | None) -> str:
     """``NDIS_STATUS_XXX`` for a known value, hex otherwise (for humans and reports)."""
     if status is None:
         return "None"
-    try:
-        return "NDIS_STATUS_" + NdisStatus(int(status) & 0xFFFFFFFF).name
-    except ValueError:
-        return f"0x{int(status) & 0xFFFFFFFF:08X}"
+    value = int(status) & 0xFFFFFFFF
+    name = _STATUS_NAMES.get(value)
+    if name is None:
+        try:
+            name = "NDIS_STATUS_" + NdisStatus(value).name
+        except ValueError:
+            return f"0x{value:08X}"
+        _STATUS_NAMES[value] = name
+    return name
 
 
 def legal_block_statuses(operation: Operation, *, placeholder: bool = False) -> frozenset[NdisStatus]:

@@ -341,10 +341,7 @@ _FIN_RECEIVED_STATES = frozenset(
 )
 
 
-def _rto(srtt: float | None, rttvar: float | None, fallback: float) -> float:
-    if srtt is None:
-        return fallback
-    return min(_MAX_RTO, max(_MIN_RTO, srtt + 4 * (rttvar or 0.0)))  # RFC 6298 (2.3)
+_STATE_OF = {s.value: s for s in TcpState}
 
 
 def snapshot_from_delegated(
@@ -361,71 +358,79 @@ def snapshot_from_delegated(
     (never returned, b.19) and the ISS/IRS.  ``send_data`` is the data from SndUna (the bytes of
     the returned NetBufferListChain, plus anything the host still has queued after it);
     ``buffered`` is received-but-undelivered data ending at RcvNxt (BufferedData, d.3 step 7).
+
+    (The unit conversions of ``srtt_from_field``, ``rttvar_from_field``, ``timer_from_ticks``
+    and ``from_ticks`` are written out here: this runs once per connection of a terminate
+    tree.)
     """
     try:
-        state = TcpState(int(d.State))
-    except ValueError as exc:
+        state = _STATE_OF[int(d.State)]
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConversionError(f"unknown State {d.State!r}") from exc
-    una, nxt, mx = d.SndUna, d.SndNxt, d.SndMax
-    srtt = srtt_from_field(d.SRtt, tps)
-    rttvar = rttvar_from_field(d.RttVar, srtt, tps)
+    una, mx = d.SndUna, d.SndMax
+    # b.13 / T.5: SRtt x8, RttVar x4, in ticks; SRtt 0 = no sample yet
+    srtt_field = d.SRtt
+    if srtt_field == 0:
+        srtt = rttvar = None
+        rto = base.rto
+    else:
+        srtt = srtt_field / (8 * tps)
+        rttvar = d.RttVar / (4 * tps)
+        rto = srtt + 4 * rttvar  # RFC 6298 (2.3)
+        rto = _MIN_RTO if rto < _MIN_RTO else (_MAX_RTO if rto > _MAX_RTO else rto)
     # T.4: Retransmit.TimeoutDelta is the retransmit timer, or the persist timer (zero window,
-    # nothing in flight), or the FIN_WAIT_2 timer (FIN acked, nothing in flight).
-    slot = timer_from_ticks(d.Retransmit.TimeoutDelta, tps)
+    # nothing in flight), or the FIN_WAIT_2 timer (FIN acked, nothing in flight); 0xFFFFFFFF
+    # = not running.
+    rt = d.Retransmit
     rexmit = persist = fw2 = None
-    if slot is not None:
+    if rt.TimeoutDelta != TIMER_NOT_RUNNING:
+        slot = rt.TimeoutDelta / tps
         if state is TcpState.FIN_WAIT_2 and una == mx:
             fw2 = slot
         elif d.SndWnd == 0 and una == mx and send_data:
             persist = slot
         else:
             rexmit = slot
+    ka = d.KeepAlive
+    ka_delta = None if ka.TimeoutDelta == TIMER_NOT_RUNNING else ka.TimeoutDelta / tps
     # b.14: the FIN bookkeeping follows from the state
     fin_queued = state in _FIN_SENT_STATES
     fin_seq: int | None = None
+    fin_sent = False
     if fin_queued:
         fin_seq = seq_add(una, -1) if state in _FIN_ACKED_STATES else seq_add(una, len(send_data))
-    fin_sent = fin_queued and fin_seq is not None and seq_diff(mx, fin_seq) > 0
+        fin_sent = seq_diff(mx, fin_seq) > 0
+    snd_wnd = d.SndWnd
     return TcbSnapshot(
-        local_ip=base.local_ip,
-        local_port=base.local_port,
-        remote_ip=base.remote_ip,
-        remote_port=base.remote_port,
-        remote_mss=base.remote_mss,
-        snd_wscale=base.snd_wscale,
-        rcv_wscale=base.rcv_wscale,
-        timestamps_enabled=base.timestamps_enabled,
-        sack_enabled=base.sack_enabled,
-        nodelay=base.nodelay,
-        keepalive=base.keepalive,
-        keepalive_idle=base.keepalive_idle,
-        keepalive_interval=base.keepalive_interval,
-        keepalive_probes=base.keepalive_probes,
-        initial_rcv_wnd=base.initial_rcv_wnd,
+        base.local_ip, base.local_port, base.remote_ip, base.remote_port,
+        base.remote_mss, base.snd_wscale, base.rcv_wscale,
+        base.timestamps_enabled, base.sack_enabled,
+        base.nodelay, base.keepalive, base.keepalive_idle, base.keepalive_interval,
+        base.keepalive_probes, base.initial_rcv_wnd,
         state=state,
         rcv_nxt=d.RcvNxt,
         rcv_wnd=d.RcvWnd,
         snd_una=una,
-        snd_nxt=nxt,
+        snd_nxt=d.SndNxt,
         snd_max=mx,
-        snd_wnd=d.SndWnd,
-        max_snd_wnd=max(d.MaxSndWnd, d.SndWnd),
+        snd_wnd=snd_wnd,
+        max_snd_wnd=d.MaxSndWnd if d.MaxSndWnd > snd_wnd else snd_wnd,
         snd_wl1=d.SendWL1,
         snd_wl2=una,  # not carried (b.13 has no SndWL2): SND.UNA is a safe WL2
         cwnd=d.CWnd,
         ssthresh=d.SsThresh,
         srtt=srtt,
         rttvar=rttvar,
-        rto=_rto(srtt, rttvar, base.rto),
+        rto=rto,
         ts_recent=d.TsRecent,
-        ts_recent_age=from_ticks(d.TsRecentAge, tps) if base.timestamps_enabled else None,
+        ts_recent_age=d.TsRecentAge / tps if base.timestamps_enabled else None,
         ts_time=d.TsTime,  # T.6
-        total_rt=from_ticks(d.TotalRT, tps),
+        total_rt=d.TotalRT / tps,
         dup_ack_count=d.DupAckCount,
         snd_wnd_probe_count=d.SndWndProbeCount,
-        keepalive_probe_count=d.KeepAlive.ProbeCount,
-        keepalive_timeout_delta=timer_from_ticks(d.KeepAlive.TimeoutDelta, tps),
-        retransmit_count=d.Retransmit.Count,
+        keepalive_probe_count=ka.ProbeCount,
+        keepalive_timeout_delta=ka_delta,
+        retransmit_count=rt.Count,
         retransmit_timeout_delta=rexmit,
         persist_timeout_delta=persist,
         fin_wait_2_timeout_delta=fw2,

@@ -37,6 +37,11 @@ class TcpState(enum.Enum):
     LAST_ACK = 9
     TIME_WAIT = 10
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # own __hash__ hashes the name in Python; the engine tests state-set membership per
+    # segment, and a resume of 10,000 connections several times per connection).
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.name.replace("_", "-")
 

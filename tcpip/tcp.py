@@ -48,7 +48,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .addr import four_tuple
+from .addr import ip_str
 from .seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from .tcb import EXPORTABLE_STATES, TcbSnapshot, TcpState
 from .tcp_buffers import OutOfOrderQueue
@@ -288,6 +288,23 @@ def _check_snapshot(snap: TcbSnapshot) -> None:
         raise ValueError("negative or zero size in the TCB")
 
 
+_IP_NAMES: dict[bytes, str] = {}
+
+
+def _conn_name(local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int) -> str:
+    """``four_tuple`` with the address strings cached (a host talks to few addresses; building
+    them with ``ipaddress`` cost more than the rest of a connection's construction)."""
+    names = _IP_NAMES
+    lip = names.get(local_ip)
+    rip = names.get(remote_ip)
+    if lip is None or rip is None:
+        if len(names) >= 4096:  # bounded: many peers just means more misses
+            names.clear()
+        lip = names[bytes(local_ip)] = ip_str(local_ip)
+        rip = names[bytes(remote_ip)] = ip_str(remote_ip)
+    return f"{lip}:{local_port} -> {rip}:{remote_port}"
+
+
 def _auto_wscale(buffer: int) -> int:
     shift = 0
     while shift < MAX_WSCALE and (0xFFFF << shift) < buffer:
@@ -318,7 +335,7 @@ class TcpConnection:
         self.local_port = local_port
         self.remote_ip = remote_ip
         self.remote_port = remote_port
-        self.name = four_tuple(local_ip, local_port, remote_ip, remote_port)
+        self.name = _conn_name(local_ip, local_port, remote_ip, remote_port)
         self.counters = TcpCounters()
         self.state = CLOSED
         self.eof_received = False
@@ -478,84 +495,146 @@ class TcpConnection:
         return c
 
     @classmethod
-    def from_snapshot(cls, snap: TcbSnapshot, config: TcpConfig, now: float) -> TcpConnection:
+    def from_snapshot(
+        cls, snap: TcbSnapshot, config: TcpConfig, now: float, *, name: str | None = None
+    ) -> TcpConnection:
         """Rebuild a live connection from an exported TCB (upload from an offload target).
 
         The next segment continues at ``snap.snd_nxt``; the retransmission, persist, keepalive
         and FIN-WAIT-2 timers restart from their deltas; the timestamp clock continues at
-        ``snap.ts_time`` (NDIS reference T.6)."""
+        ``snap.ts_time`` (NDIS reference T.6).  ``name`` is the connection's 4-tuple string
+        when the caller has it already (it must equal ``four_tuple`` of the snapshot's
+        addresses).
+
+        The snapshot is checked (``_check_snapshot``), then every attribute ``__init__`` sets is
+        written exactly once with its imported value (``__init__`` is not run: a connection
+        resumed in bulk, e.g. 10,000 in one terminate tree, pays for one construction, not
+        for a default one and then the import).  tests/unit/tcp_engine/test_export_import.py
+        checks that this sets the same attributes as ``__init__`` and the same values as
+        constructing and then overwriting."""
         _check_snapshot(snap)
-        c = cls(
-            config, snap.local_ip, snap.local_port, snap.remote_ip, snap.remote_port, snap.iss, now
-        )
+        c = cls.__new__(cls)
+        state = snap.state
+        iss = snap.iss & MASK
+        una = snap.snd_una
+        # ---- as __init__, in its order
+        c.config = config
+        c.local_ip = snap.local_ip
+        c.local_port = snap.local_port
+        c.remote_ip = snap.remote_ip
+        c.remote_port = snap.remote_port
+        c.name = name if name is not None else _conn_name(
+            snap.local_ip, snap.local_port, snap.remote_ip, snap.remote_port)
+        c.counters = TcpCounters()
+        c.state = CLOSED  # -> snap.state through _set_state below (its log line)
+        c.eof_received = snap.fin_received
+        c.reset_received = False
+        c.error = None
+        c.on_state_change = None
+        c._now = now
+        c.iss = iss
         c.irs = snap.irs
+        c.snd_una = una
+        c.snd_nxt = snd_nxt = snap.snd_nxt
+        c.snd_max = snap.snd_max
+        c.snd_wnd = snap.snd_wnd
+        c.max_snd_wnd = snap.max_snd_wnd if snap.max_snd_wnd > snap.snd_wnd else snap.snd_wnd
+        c.snd_wl1 = snap.snd_wl1
+        c.snd_wl2 = snap.snd_wl2
+        c.rcv_nxt = snap.rcv_nxt
+        c._rcv_adv = c._rcv_adv_wire = (snap.rcv_nxt + max(0, snap.rcv_wnd)) & MASK
+        c._last_ack_sent = snap.rcv_nxt
+        c._sbuf = sbuf = bytearray(snap.send_data)
+        c._sbuf_seq = una
+        c._sbuf_limit = max(1, config.send_buffer, len(sbuf))
+        c._rbuf = bytearray(snap.buffered_receive)
+        c._rbuf_limit = max(1, snap.initial_rcv_wnd)
+        c._ooo = OutOfOrderQueue()
+        c._ooo_fin = None
+        c._fin_queued = snap.fin_queued
+        c._fin_seq = snap.fin_seq if snap.fin_queued else 0  # type: ignore[assignment]  # checked
+        c._close_pending = False
+        c._adv_mss = adv_mss = min(config.mss, MAX_MSS)
         c.remote_mss = snap.remote_mss
+        c._our_wscale = snap.rcv_wscale
         c.snd_wscale = snap.snd_wscale
         c.rcv_wscale = snap.rcv_wscale
-        c._our_wscale = snap.rcv_wscale
-        c.ts_enabled = snap.timestamps_enabled
+        c._peer_sent_wscale = False
+        c.ts_enabled = ts = snap.timestamps_enabled
         c.sack_enabled = snap.sack_enabled
+        c._ts_offset = (snap.ts_time - int(now * TS_HZ)) & MASK
+        c.ts_recent = snap.ts_recent
+        c._ts_recent_time = None if snap.ts_recent_age is None else now - snap.ts_recent_age
+        # as _update_mss
+        opt = TS_OPTION_LEN if ts else 0
+        c._smss = smss = max(1, min(snap.remote_mss, adv_mss) - opt)
+        c._rcv_mss = rcv_mss = max(1, adv_mss - opt)
+        c._rcv_mss_est = min(smss, rcv_mss)
         c.nodelay = snap.nodelay
         c.keepalive = snap.keepalive
         c.keepalive_idle = snap.keepalive_idle
         c.keepalive_interval = snap.keepalive_interval
         c.keepalive_probes = snap.keepalive_probes
-        c._rbuf_limit = max(1, snap.initial_rcv_wnd)
-        c._update_mss()
-        c.rcv_nxt = snap.rcv_nxt
-        c._last_ack_sent = snap.rcv_nxt
-        c._rcv_adv = c._rcv_adv_wire = seq_add(snap.rcv_nxt, max(0, snap.rcv_wnd))
-        c.snd_una = snap.snd_una
-        c.snd_nxt = snap.snd_nxt
-        c.snd_max = snap.snd_max
-        c.snd_wnd = snap.snd_wnd
-        c.max_snd_wnd = max(snap.max_snd_wnd, snap.snd_wnd)
-        c.snd_wl1 = snap.snd_wl1
-        c.snd_wl2 = snap.snd_wl2
-        c._sbuf = bytearray(snap.send_data)
-        c._sbuf_seq = snap.snd_una
-        c._snd_sml = snap.snd_una
-        c._sbuf_limit = max(c._sbuf_limit, len(c._sbuf))
-        c._rbuf = bytearray(snap.buffered_receive)
-        c._fin_queued = snap.fin_queued
-        if snap.fin_queued:
-            c._fin_seq = snap.fin_seq  # type: ignore[assignment]  # checked above
-        c.eof_received = snap.fin_received
-        cc = c.cc
-        cc.cwnd = max(snap.cwnd, c._smss)
-        cc.ssthresh = snap.ssthresh
-        cc.dup_acks = snap.dup_ack_count
-        cc.in_recovery = snap.in_recovery
-        cc.recover = snap.recover
-        rtt = c.rtt
+        c.rtt = rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         if snap.srtt is not None:
             rtt.srtt = snap.srtt
             rtt.rttvar = snap.rttvar if snap.rttvar is not None else snap.srtt / 2
         rtt.rto = min(max(snap.rto, rtt.min_rto), rtt.max_rto)
         rtt.backoff = snap.retransmit_count
+        c.cc = cc = NewReno(smss, config.initial_window, iss)
+        cc.cwnd = max(snap.cwnd, smss)
+        cc.ssthresh = snap.ssthresh
+        cc.dup_acks = snap.dup_ack_count
+        cc.in_recovery = snap.in_recovery
+        cc.recover = snap.recover
+        c._rtt_seq = None
+        c._rtt_time = 0.0
         c.retransmit_count = snap.retransmit_count
-        if snap.retransmit_count:
-            c._rt_start = now - snap.total_rt
-        c.ts_recent = snap.ts_recent
-        c._ts_recent_time = None if snap.ts_recent_age is None else now - snap.ts_recent_age
-        c._ts_offset = (snap.ts_time - int(now * TS_HZ)) & MASK
-        c.persist_backoff = snap.snd_wnd_probe_count
-        c.keepalive_probe_count = snap.keepalive_probe_count
-
-        def at(delta: float | None) -> float | None:
-            return None if delta is None else now + max(0.0, delta)
-
-        c._rto_deadline = at(snap.retransmit_timeout_delta)
-        c._persist_deadline = at(snap.persist_timeout_delta)
-        c._close_deadline = at(snap.fin_wait_2_timeout_delta)
-        c._ka_deadline = at(snap.keepalive_timeout_delta)
-        if c._ka_deadline is None and c.keepalive and snap.state in KEEPALIVE_STATES:
-            c._ka_deadline = now + c.keepalive_idle
-        # A connection with data in flight always has a retransmission timer (RFC 6298 5.1).
-        if c._rto_deadline is None and c.snd_nxt != c.snd_una:
+        c._rt_start = now - snap.total_rt if snap.retransmit_count else None
+        c._retransmit_head = False
+        c._snd_sml = una
+        # timers: restart from the deltas
+        d = snap.retransmit_timeout_delta
+        if d is not None:
+            c._rto_deadline = now + (d if d > 0.0 else 0.0)
+        elif snd_nxt != una:
+            # A connection with data in flight always has a retransmission timer (RFC 6298 5.1).
             c._rto_deadline = now + rtt.current_rto()
+        else:
+            c._rto_deadline = None
+        c._pto = False
+        c._pto_backstop = 0.0
+        c._tlp_high = None
+        c._sack_high = None
+        c._tlp_pending = False
+        d = snap.persist_timeout_delta
+        c._persist_deadline = None if d is None else now + (d if d > 0.0 else 0.0)
+        c._delack_deadline = None
+        d = snap.keepalive_timeout_delta
+        if d is not None:
+            c._ka_deadline = now + (d if d > 0.0 else 0.0)
+        elif snap.keepalive and state in KEEPALIVE_STATES:
+            c._ka_deadline = now + snap.keepalive_idle
+        else:
+            c._ka_deadline = None
+        d = snap.fin_wait_2_timeout_delta
+        c._close_deadline = None if d is None else now + (d if d > 0.0 else 0.0)
+        c.persist_backoff = snap.snd_wnd_probe_count
+        c._persist_unanswered = 0
+        c._force_send = False
+        c.keepalive_probe_count = snap.keepalive_probe_count
+        c._ctl = []
+        c._dirty = False
+        c._ack_now = False
+        c._syn_pending = False
+        c._unacked_bytes = 0
+        c._quickacks = 0
+        c._challenge_start = -1e18
+        c._challenge_count = 0
+        c._oow_last = -1e18
+        # ----
         logger.debug("%s: imported (TCB handed back)", c.name)
-        c._set_state(snap.state)
+        c._set_state(state)
         c._dirty = True
         return c
 

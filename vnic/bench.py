@@ -112,14 +112,17 @@ def render_offload(r: dict[str, Any]) -> str:
 
 
 def bench_handoff(handoffs: int, connections: int, progress: Progress | None = None, *,
-                  sim_only: bool = False) -> dict[str, Any]:
+                  sim_only: bool = False, upload_only: bool = False) -> dict[str, Any]:
     """Handoff gap (terminate call to the host's first frame on the wire) over many offload ->
     terminate cycles, over TAP with the kernel peer when privileges allow (unless ``sim_only``;
     otherwise on the simulated wire), and the time to upload ``connections`` offloaded
-    connections in one terminate tree on the simulated wire (:mod:`vnic.bench_handoff`)."""
+    connections in one terminate tree on the simulated wire (:mod:`vnic.bench_handoff`).
+    ``upload_only``: the upload alone (no gap cycles, no lab)."""
     from vnic.bench_handoff import run
     from vnic.privileges import check_lab_privileges
 
+    if upload_only:
+        return run(handoffs, connections, progress, tap=False, upload_only=True)
     say = progress or (lambda _m: None)
     reason = "--sim given" if sim_only else check_lab_privileges()
     if reason and not sim_only:

@@ -17,6 +17,7 @@ from ndis.blocks import (
     iter_nbls,
     iter_tree,
     link_nbls,
+    list_blocks,
     ndis_to_miniport,
     ndis_to_protocol,
     new_offload_block,
@@ -69,6 +70,35 @@ def test_cycle_and_depth_detected():
     x.DependentBlockList, y.DependentBlockList, z.DependentBlockList = y, z, w
     with pytest.raises(TreeError):
         list(iter_tree(x))
+
+
+def test_list_blocks_is_iter_blocks_as_a_list():
+    root = worked_example()
+    assert list_blocks(root) == list(iter_blocks(root))
+    assert [b.label for b in list_blocks(root)][:3] == ["N1", "P1", "T1"]
+    assert list_blocks(None) == []
+    a, b = placeholder_block(label="a"), placeholder_block(label="b")
+    a.NextBlock, b.NextBlock = b, a
+    with pytest.raises(TreeError, match="cycle"):
+        list_blocks(a)
+    x, y, z, w = (placeholder_block(label=c) for c in "xyzw")
+    x.DependentBlockList, y.DependentBlockList, z.DependentBlockList = y, z, w
+    with pytest.raises(TreeError, match="three levels"):
+        list_blocks(x)
+
+
+def test_reserved_words_start_null_and_keep_what_is_written():
+    b = placeholder_block(label="r")
+    assert b.ProtocolReserved == [None, None] and b.MiniportReserved == [None, None]
+    assert b.ImReserved == [None, None] and b.Scratch == [None, None]
+    b.ProtocolReserved[1] = "mine"
+    b.ImReserved[:] = ["call", None]
+    b.Scratch = ["s0", "s1"]
+    assert b.ProtocolReserved == [None, "mine"] and b.ImReserved == ["call", None]
+    assert b.Scratch == ["s0", "s1"] and b.MiniportReserved == [None, None]
+    assert b.ProtocolReserved is b.ProtocolReserved  # one list, not a fresh one per access
+    m = ndis_to_miniport(b)
+    assert m.ProtocolReserved == [None, "mine"] and m.ImReserved == ["call", None]
 
 
 def test_flavor_conversion_in_place_b2():

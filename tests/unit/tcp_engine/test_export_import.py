@@ -10,6 +10,7 @@ from tcpip.tcp import TcpConnection
 from .conftest import (
     ACK,
     FIN,
+    LOCAL_IP,
     LOCAL_SEQ,
     MSS,
     REMOTE_SEQ,
@@ -181,3 +182,143 @@ def test_import_logs_the_state_change(caplog):
     with caplog.at_level("DEBUG", logger="tcpip.tcp"):
         TcpConnection.from_snapshot(snapshot(), config(), 0.0)
     assert any("CLOSED -> ESTABLISHED" in r.message for r in caplog.records)
+
+
+# ---- from_snapshot builds the connection in one pass: same result as __init__ + overwrite ------
+
+
+def _reference_import(snap, cfg, now):
+    """The straightforward import: construct with ``__init__``, then overwrite what the
+    snapshot carries (what ``from_snapshot`` did before it wrote each attribute once)."""
+    c = TcpConnection(
+        cfg, snap.local_ip, snap.local_port, snap.remote_ip, snap.remote_port, snap.iss, now
+    )
+    c.irs = snap.irs
+    c.remote_mss = snap.remote_mss
+    c.snd_wscale = snap.snd_wscale
+    c.rcv_wscale = snap.rcv_wscale
+    c._our_wscale = snap.rcv_wscale
+    c.ts_enabled = snap.timestamps_enabled
+    c.sack_enabled = snap.sack_enabled
+    c.nodelay = snap.nodelay
+    c.keepalive = snap.keepalive
+    c.keepalive_idle = snap.keepalive_idle
+    c.keepalive_interval = snap.keepalive_interval
+    c.keepalive_probes = snap.keepalive_probes
+    c._rbuf_limit = max(1, snap.initial_rcv_wnd)
+    c._update_mss()
+    c.rcv_nxt = snap.rcv_nxt
+    c._last_ack_sent = snap.rcv_nxt
+    c._rcv_adv = c._rcv_adv_wire = (snap.rcv_nxt + max(0, snap.rcv_wnd)) % (1 << 32)
+    c.snd_una, c.snd_nxt, c.snd_max = snap.snd_una, snap.snd_nxt, snap.snd_max
+    c.snd_wnd = snap.snd_wnd
+    c.max_snd_wnd = max(snap.max_snd_wnd, snap.snd_wnd)
+    c.snd_wl1, c.snd_wl2 = snap.snd_wl1, snap.snd_wl2
+    c._sbuf = bytearray(snap.send_data)
+    c._sbuf_seq = snap.snd_una
+    c._snd_sml = snap.snd_una
+    c._sbuf_limit = max(c._sbuf_limit, len(c._sbuf))
+    c._rbuf = bytearray(snap.buffered_receive)
+    c._fin_queued = snap.fin_queued
+    if snap.fin_queued:
+        c._fin_seq = snap.fin_seq
+    c.eof_received = snap.fin_received
+    cc = c.cc
+    cc.cwnd = max(snap.cwnd, c._smss)
+    cc.ssthresh, cc.dup_acks = snap.ssthresh, snap.dup_ack_count
+    cc.in_recovery, cc.recover = snap.in_recovery, snap.recover
+    rtt = c.rtt
+    if snap.srtt is not None:
+        rtt.srtt = snap.srtt
+        rtt.rttvar = snap.rttvar if snap.rttvar is not None else snap.srtt / 2
+    rtt.rto = min(max(snap.rto, rtt.min_rto), rtt.max_rto)
+    rtt.backoff = snap.retransmit_count
+    c.retransmit_count = snap.retransmit_count
+    if snap.retransmit_count:
+        c._rt_start = now - snap.total_rt
+    c.ts_recent = snap.ts_recent
+    c._ts_recent_time = None if snap.ts_recent_age is None else now - snap.ts_recent_age
+    c._ts_offset = (snap.ts_time - int(now * 1000)) % (1 << 32)
+    c.persist_backoff = snap.snd_wnd_probe_count
+    c.keepalive_probe_count = snap.keepalive_probe_count
+
+    def at(delta):
+        return None if delta is None else now + max(0.0, delta)
+
+    c._rto_deadline = at(snap.retransmit_timeout_delta)
+    c._persist_deadline = at(snap.persist_timeout_delta)
+    c._close_deadline = at(snap.fin_wait_2_timeout_delta)
+    c._ka_deadline = at(snap.keepalive_timeout_delta)
+    if c._ka_deadline is None and c.keepalive and snap.state in (
+            TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        c._ka_deadline = now + c.keepalive_idle
+    if c._rto_deadline is None and c.snd_nxt != c.snd_una:
+        c._rto_deadline = now + rtt.current_rto()
+    c._set_state(snap.state)
+    c._dirty = True
+    return c
+
+
+def _attrs(obj):
+    """Comparable view of a connection (sub-objects by their slots / fields)."""
+    out = {}
+    for k, v in vars(obj).items():
+        if hasattr(v, "__slots__") and not isinstance(v, (bytes, bytearray)) and k != "config":
+            v = (type(v).__name__,
+                 {s: getattr(v, s) for s in type(v).__slots__ if hasattr(v, s)})
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: busy().export_state(0.3),
+        lambda: snapshot(),
+        lambda: snapshot(timestamps_enabled=True, ts_recent=77, ts_recent_age=0.5, ts_time=123456,
+                         snd_wscale=7, rcv_wscale=5, srtt=0.05, rttvar=None, rto=0.3,
+                         keepalive=True),
+        lambda: snapshot(keepalive=True, keepalive_timeout_delta=3.0, retransmit_count=2,
+                         total_rt=1.5, srtt=0.1, rttvar=0.02, cwnd=10, persist_timeout_delta=-1.0,
+                         snd_wnd=0, send_data=b"xy", snd_wnd_probe_count=3, dup_ack_count=2,
+                         in_recovery=True, recover=LOCAL_SEQ + 2, buffered_receive=b"in"),
+        lambda: snapshot(state=TcpState.FIN_WAIT_2, fin_queued=True, fin_seq=LOCAL_SEQ,
+                         fin_sent=True, fin_wait_2_timeout_delta=59.0),
+        lambda: snapshot(state=TcpState.LAST_ACK, fin_queued=True, fin_seq=LOCAL_SEQ + 5,
+                         send_data=b"abcd", snd_nxt=LOCAL_SEQ + 6, snd_max=LOCAL_SEQ + 6,
+                         fin_received=True, max_snd_wnd=10),
+        lambda: snapshot(iss=(1 << 32) + 5, rcv_nxt=(1 << 32) - 10, rcv_wnd=100,
+                         initial_rcv_wnd=0),
+    ],
+)
+def test_from_snapshot_equals_construct_then_overwrite(make):
+    snap = make()
+    cfg = config(send_buffer=3, keepalive=False)
+    fast = TcpConnection.from_snapshot(snap, cfg, 20.0)
+    ref = _reference_import(snap, cfg, 20.0)
+    # every attribute __init__ sets, and no other (a new one in __init__ must be added there)
+    assert list(vars(fast)) == list(vars(ref))
+    assert _attrs(fast) == _attrs(ref)
+    named = TcpConnection.from_snapshot(snap, cfg, 20.0, name=fast.name)
+    assert _attrs(named) == _attrs(fast)
+    assert fast.name == ref.name == "198.18.0.1:80 -> 198.18.0.2:49500"
+
+
+def test_tcp_state_hashes_by_identity_and_still_maps_values():
+    # (TcpState.__hash__ is object.__hash__: members are singletons compared by identity)
+    states = list(TcpState)
+    assert len(states) == 11 and len(set(states)) == 11
+    assert {s: s.value for s in states}[TcpState(4)] == 4
+    assert TcpState.ESTABLISHED in frozenset({TcpState.ESTABLISHED})
+    assert TcpState.ESTABLISHED != 4 and TcpState(10) is TcpState.TIME_WAIT
+    assert hash(TcpState.CLOSED) == hash(TcpState(0))
+
+
+def test_connection_names_are_the_four_tuple_for_many_addresses():
+    from tcpip.addr import four_tuple
+
+    cfg = config()
+    for i in range(5000):  # more addresses than the name cache keeps
+        rip = bytes([10, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF])
+        c = TcpConnection(cfg, LOCAL_IP, 80, rip, 1000 + i, 1, 0.0)
+        assert c.name == four_tuple(LOCAL_IP, 80, rip, 1000 + i)
