@@ -1223,12 +1223,20 @@ static PyMethodDef table_methods[] = {
      "configure($self, /, *, ticks_per_second=1000, ack_frequency=2, delayed_ack_ticks=40,\n"
      "          max_retransmissions=5, dup_ack_threshold=3, push_ticks=500,\n"
      "          fin_wait_2_ticks=120000, send_buffer=1048576, receive_buffer=1048576,\n"
-     "          min_rto_ticks=None, max_rto_ticks=None, ooo_segments=16)\n--\n\n"
-     "Set the data path's parameters (NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS)."},
+     "          min_rto_ticks=None, max_rto_ticks=None, ooo_segments=16, tso_max=0)\n--\n\n"
+     "Set the data path's parameters (NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS); tso_max > 0:\n"
+     "new data leaves in super-segments of up to tso_max payload bytes (whole MSS multiples)\n"
+     "for a device that segments them (TAP with virtio-net offload)."},
     {"activate", FASTCALL(dp_activate), METH_FASTCALL | METH_KEYWORDS,
      "activate($self, handle, /, *, local_mac, remote_mac, vlan_id=0, ttl=None, tos=None,\n"
      "         path_mtu=1500, now_ticks)\n--\n\n"
      "Start the data path of a connection whose CONST/CACHED/DELEGATED fields are set."},
+    {"set_route", FASTCALL(dp_set_route), METH_FASTCALL | METH_KEYWORDS,
+     "set_route($self, handle, /, *, remote_mac=None, local_mac=None, vlan_id=None,\n"
+     "          path_mtu=None)\n--\n\n"
+     "An NdisUpdateOffload of the neighbor or path (new MAC, relink, PathMtu) reaching an\n"
+     "active connection: later frames use it; a new path MTU re-derives the send MSS.\n"
+     "None leaves a value unchanged."},
     {"send_append", FASTCALL(dp_send_append), METH_FASTCALL,
      "send_append($self, handle, data, /)\n--\n\nQueue send data; returns bytes queued."},
     {"send_unacked", (PyCFunction)dp_send_unacked, METH_O,
@@ -1254,6 +1262,10 @@ static PyMethodDef table_methods[] = {
     {"disconnect", FASTCALL(dp_disconnect), METH_FASTCALL,
      "disconnect($self, handle, graceful, now_ticks, /)\n--\n\n"
      "Graceful: FIN after the queued data; abortive: RST now (at the next poll)."},
+    {"stop_sending", (PyCFunction)dp_stop_sending, METH_O,
+     "stop_sending($self, handle, /)\n--\n\n"
+     "d.6 invalidate: no more transmission (data, ACKs, retransmissions, probes, keepalives)\n"
+     "and no timers; received frames are still processed.  Only terminate ends it."},
     {"set_terminating", (PyCFunction)dp_set_terminating, METH_O,
      "set_terminating($self, handle, /)\n--\n\n"
      "d.3 step 3: stop the connection's timers and output; later frames -> FRAME_PASS_UP."},
@@ -1262,6 +1274,15 @@ static PyMethodDef table_methods[] = {
     {"export", FASTCALL(dp_export), METH_FASTCALL,
      "export($self, handle, now_ticks, /)\n--\n\n"
      "TCP_OFFLOAD_STATE_DELEGATED values + send_data + buffered (d.3 step 5)."},
+    {"export_many", FASTCALL(dp_export_many), METH_FASTCALL,
+     "export_many($self, handles, now_ticks, /)\n--\n\n"
+     "export() of many connections at once (d.3 step 5 over a terminate tree): one flat list,\n"
+     "26 items per handle, in order: State, RcvNxt, RcvWnd, SndUna, SndNxt, SndMax, SndWnd,\n"
+     "MaxSndWnd, SendWL1, CWnd, SsThresh, SRtt, RttVar, TsRecent, TsRecentAge, TsTime,\n"
+     "TotalRT, DupAckCount, SndWndProbeCount, KeepAliveProbeCount, KeepAliveTimeoutDelta,\n"
+     "RetransmitCount, RetransmitTimeoutDelta, DWnd, send_data, buffered: the values export()\n"
+     "reports (and writes back into the slots).  Every handle is checked first\n"
+     "(StaleHandleError / ValueError as export()); on an error nothing is exported."},
     {"is_active", (PyCFunction)dp_is_active, METH_O,
      "is_active($self, handle, /)\n--\n\nTrue once activate() ran for this connection."},
     {"datapath_counters", (PyCFunction)dp_counters, METH_NOARGS,

@@ -232,8 +232,11 @@ PyObject *dp_next_deadline(CTable *self, PyObject *ignored);
 PyObject *dp_events(CTable *self, PyObject *ignored);
 PyObject *dp_disconnect(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_set_terminating(CTable *self, PyObject *handle);
+PyObject *dp_stop_sending(CTable *self, PyObject *handle);
+PyObject *dp_set_route(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 PyObject *dp_flush_acks(CTable *self, PyObject *handle);
 PyObject *dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *dp_export_many(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_is_active(CTable *self, PyObject *handle);
 PyObject *dp_counters(CTable *self, PyObject *ignored);
 

@@ -94,6 +94,9 @@ enum { UR_RECEIVED_URGENT_DATA = 5, UR_TIMEOUT_EXPIRATION = 8, UR_UPLOAD_REQUEST
 
 #define DP_OOO_LIMIT 64             /* largest ooo_segments configure() accepts */
 #define DP_MAX_CWND 0x3FFFFFFFu
+/* largest tso_max configure() accepts: a super-segment's IPv4 total length must fit 16 bits
+ * (65535 - 20 IPv4 - 60 TCP header); the segment payload is also capped per frame */
+#define DP_TSO_LIMIT (65535u - 20u - 60u)
 
 /* ------------------------------------------------------------ structures ---- */
 
@@ -137,6 +140,8 @@ typedef struct ct_conn {
     uint32_t ts_delta;              /* T.6: our TS clock = now + ts_delta (mod 2^32) */
     uint32_t rto;                   /* base RTO in ticks, without backoff */
     uint32_t segs_unacked;          /* in-order data segments not ACKed yet */
+    uint32_t bytes_unacked;         /* in-order data bytes not ACKed yet (ACK every
+                                     * ack_frequency * MSS bytes: GRO'd super-segments) */
 
     uint64_t rtt_start;
     uint64_t rt_start;              /* first retransmission of the current segment */
@@ -154,6 +159,7 @@ typedef struct ct_conn {
     unsigned ooo_fin : 1;           /* a FIN arrived out of order at rcv_fin_seq */
     unsigned rst_pending : 1;       /* abortive disconnect: RST at the next poll */
     unsigned terminating : 1;
+    unsigned quiet : 1;             /* invalidated (d.6): no transmission, no timers */
     unsigned urgent : 1;            /* URG seen: stop ACKing, pass everything up */
     unsigned retrieve_sent : 1;
     unsigned in_recovery : 1;
@@ -164,19 +170,21 @@ typedef struct ct_conn {
     unsigned rexmit_one : 1;        /* fast retransmit / partial ACK: resend at SND.UNA */
     unsigned ka_probe : 1;          /* send a keepalive probe at the next poll */
     unsigned probe_due : 1;         /* send a window probe at the next poll */
+    unsigned tso_ok : 1;            /* the segmenting device's MSS (path MTU - headers) is ours */
 } ct_conn;
 
 typedef struct {
     uint64_t frames_in, consumed, not_ours, pass_up, bad_checksum, malformed, paws_drops,
         unacceptable, dup_segments, ooo_segments, ooo_dropped, challenge_acks, rsts_in,
         frames_out, data_frames_out, retransmits, fast_retransmits, timeouts, window_probes,
-        keepalive_probes, acks_out, ts_missing;
+        keepalive_probes, acks_out, ts_missing, tso_frames_out;
 } dp_counters_t;
 
 struct ct_dp {
     /* configure() */
     uint32_t tps, ack_frequency, delayed_ack_ticks, max_retransmissions, dup_ack_threshold,
-        push_ticks, fin_wait_2_ticks, send_buffer, receive_buffer, min_rto, max_rto, ooo_max;
+        push_ticks, fin_wait_2_ticks, send_buffer, receive_buffer, min_rto, max_rto, ooo_max,
+        tso_max;                    /* largest super-segment payload (bytes); 0 = no TSO */
     ct_conn **conns;                /* [capacity] */
     dp_hent *heap;                  /* [capacity] */
     uint32_t *heap_pos;             /* [capacity], position + 1, 0 = not in the heap */
@@ -367,7 +375,7 @@ heap_fix(CTable *t, uint32_t idx)
     ct_dp *dp = t->dp;
     ct_conn *c = dp->conns[idx];
     uint64_t k = CT_TIMER_STOPPED;
-    if (c != NULL && c->active && !c->terminating && !c->urgent) {
+    if (c != NULL && c->active && !c->terminating && !c->urgent && !c->quiet) {
         k = slot_min_deadline(&t->slots[idx]);
     }
     uint32_t p1 = dp->heap_pos[idx];
@@ -672,6 +680,7 @@ emit(CTable *t, uint32_t idx, ct_conn *c, uint32_t seq, uint32_t doff, uint32_t 
     if (flags & TH_ACK) {
         c->ack_now = 0;
         c->segs_unacked = 0;
+        c->bytes_unacked = 0;
         c->last_ack_sent = s->RcvNxt;
         s->delayed_ack_deadline = CT_TIMER_STOPPED;
     }
@@ -691,6 +700,22 @@ can_send_data(uint32_t state)
            || state == ST_CLOSING || state == ST_LAST_ACK;
 }
 
+/* The largest payload of one new-data frame: the MSS, or with TSO (configure(tso_max=)) the
+ * largest whole MSS multiple within tso_max and a 16-bit IPv4 total length.  The device below
+ * cuts super-segments at the MSS (vnic/vnet.py: gso_size = MTU - headers), so TSO is used only
+ * when that is our MSS (tso_ok) and for untagged frames (it segments plain IPv4/TCP). */
+static inline uint32_t
+tso_segment(const ct_dp *dp, const ct_slot *s, const ct_conn *c)
+{
+    const uint32_t mss = c->mss;
+    if (dp->tso_max < 2 * mss || !c->tso_ok || c->vlan_id != 0 || s->UserPriority != 0) {
+        return mss;
+    }
+    uint32_t thl = 20 + ((s->ConstFlags & TCP_FLAG_TIMESTAMP_ENABLED) ? 12 : 0);
+    uint32_t lim = umin(dp->tso_max, 65535u - 20u - thl);
+    return lim - lim % mss;
+}
+
 /* Everything the connection has to send now. 0 ok, -1 MemoryError. */
 static int
 conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
@@ -699,7 +724,7 @@ conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
     ct_slot *s = &t->slots[idx];
     int sent = 0;
 
-    if (c->terminating || c->urgent) {
+    if (c->terminating || c->urgent || c->quiet) {
         return 0;
     }
     if (c->rst_pending) {
@@ -765,13 +790,25 @@ conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
                 }
             }
         }
+        const uint32_t tso_seg = tso_segment(dp, s, c);
         for (;;) {
             uint32_t sent_off = s->SndNxt - s->SndUna;
             uint32_t avail = sent_off < c->slen ? c->slen - sent_off : 0;
             int fin_here = c->fin_queued && !c->fin_acked && sent_off <= c->slen;
             uint32_t wnd = umin(s->SndWnd, s->CWnd ? s->CWnd : mss);
             uint32_t usable = wnd > sent_off ? wnd - sent_off : 0;
-            uint32_t len = umin(umin(avail, mss), usable);
+            uint32_t seg_max = seq_lt(s->SndNxt, s->SndMax) ? mss : tso_seg;
+            uint32_t len = umin(umin(avail, seg_max), usable);
+            if (len > mss) {
+                uint32_t partial = len % mss;
+                /* a super-segment is whole MSS multiples; a short tail only at the end of
+                 * the queued data, and not while Nagle would hold it (as Linux splits) */
+                if (len < avail
+                    || ((s->CachedFlags & TCP_FLAG_NAGLING_ENABLED) && sent_off > 0
+                        && !c->fin_queued)) {
+                    len -= partial;
+                }
+            }
             if (len == 0 && !(fin_here && avail == 0 && s->SndNxt == fin_seq(s, c))) {
                 break;
             }
@@ -798,6 +835,9 @@ conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
                 return -1;
             }
             sent = 1;
+            if (len > mss) {
+                dp->cnt.tso_frames_out++;
+            }
             if (seq_lt(seq, s->SndMax)) {
                 dp->cnt.retransmits++;
             }
@@ -1097,6 +1137,17 @@ ack_process(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now, 
                 s->CWnd = umax(s->CWnd, mss);
             }
         }
+        else if (tso_segment(dp, s, c) > mss) {
+            /* TSO: the peer ACKs super-segments (stretch ACKs), so count bytes, not ACKs:
+             * slow start grows by the bytes ACKed (as Linux), congestion avoidance by
+             * MSS * bytes / CWnd (RFC 3465 byte counting) */
+            uint32_t bytes = data_acked ? data_acked : acked;
+            uint32_t inc = s->CWnd < s->SsThresh
+                               ? bytes
+                               : (uint32_t)umax(1, (uint32_t)((uint64_t)mss * bytes
+                                                              / umax(s->CWnd, 1)));
+            s->CWnd = (uint32_t)u64min((uint64_t)s->CWnd + inc, DP_MAX_CWND);
+        }
         else if (s->CWnd < s->SsThresh) {
             s->CWnd = umin(s->CWnd + umin(data_acked ? data_acked : acked, mss), DP_MAX_CWND);
         }
@@ -1317,8 +1368,12 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
             c->ack_now = 1;                     /* RFC 5681 4.2: ACK hole fills at once */
         }
         else if (plen) {
+            /* ACK every ack_frequency segments, and at least every ack_frequency * MSS bytes:
+             * a GRO'd super-segment (many MSS in one frame) is ACKed at once, as Linux does */
             c->segs_unacked++;
-            if (c->segs_unacked >= dp->ack_frequency) {
+            c->bytes_unacked += plen;
+            if (c->segs_unacked >= dp->ack_frequency
+                || c->bytes_unacked >= dp->ack_frequency * (uint32_t)c->mss) {
                 c->ack_now = 1;
             }
             else if (s->delayed_ack_deadline == CT_TIMER_STOPPED) {
@@ -1685,13 +1740,13 @@ dp_configure(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     static const char *const names[] = {
         "ticks_per_second", "ack_frequency", "delayed_ack_ticks", "max_retransmissions",
         "dup_ack_threshold", "push_ticks", "fin_wait_2_ticks", "send_buffer", "receive_buffer",
-        "min_rto_ticks", "max_rto_ticks", "ooo_segments"};
-    PyObject *v[12];
+        "min_rto_ticks", "max_rto_ticks", "ooo_segments", "tso_max"};
+    PyObject *v[13];
     if (nargs != 0) {
         PyErr_SetString(PyExc_TypeError, "configure() takes keyword arguments only");
         return NULL;
     }
-    if (parse_kw("configure", args, nargs, kwnames, names, v, 12) < 0) {
+    if (parse_kw("configure", args, nargs, kwnames, names, v, 13) < 0) {
         return NULL;
     }
     ct_dp *dp = get_dp(self);
@@ -1702,11 +1757,12 @@ dp_configure(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     uint32_t *fields[] = {&n.tps, &n.ack_frequency, &n.delayed_ack_ticks,
                           &n.max_retransmissions, &n.dup_ack_threshold, &n.push_ticks,
                           &n.fin_wait_2_ticks, &n.send_buffer, &n.receive_buffer, &n.min_rto,
-                          &n.max_rto, &n.ooo_max};
-    static const uint32_t lo[] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0};
+                          &n.max_rto, &n.ooo_max, &n.tso_max};
+    static const uint32_t lo[] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0};
     static const uint32_t hi[] = {1000000, 255, 0xFFFFFF, 255, 255, 0xFFFFFFF, 0xFFFFFFF,
-                                  1u << 30, 1u << 30, 0xFFFFFFF, 0xFFFFFFF, DP_OOO_LIMIT};
-    for (int i = 0; i < 12; i++) {
+                                  1u << 30, 1u << 30, 0xFFFFFFF, 0xFFFFFFF, DP_OOO_LIMIT,
+                                  DP_TSO_LIMIT};
+    for (int i = 0; i < 13; i++) {
         if (v[i] != NULL && v[i] != Py_None
             && get_u32(v[i], names[i], lo[i], hi[i], fields[i]) < 0) {
             return NULL;
@@ -1829,6 +1885,10 @@ dp_activate(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     c->snd_shift = ws ? (uint8_t)umin(s->SndWindScale, 14) : 0;
     c->rcv_shift = ws ? (uint8_t)umin(s->RcvWindScale, 14) : 0;
     uint32_t mss = umin(s->RemoteMss ? s->RemoteMss : 536, mtu - 40);
+    /* TSO: the segmenting device cuts a super-segment into path MTU - headers payloads
+     * (vnic/vnet.py, gso_size); that is our MSS only when the path MTU, not the peer's MSS,
+     * limits it -- otherwise stay with MSS-sized frames */
+    c->tso_ok = mss == mtu - 40;
     if (ts) {
         mss -= 12;
     }
@@ -1933,6 +1993,65 @@ dp_activate(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     heap_fix(self, idx);
     if (mark_pending(self, idx, c) < 0) {
         return PyErr_NoMemory();
+    }
+    Py_RETURN_NONE;
+}
+
+/* set_route(handle, /, *, remote_mac=None, local_mac=None, vlan_id=None, path_mtu=None):
+ * the miniport's NdisUpdateOffload of the neighbor (DlDestinationAddress), a path -> neighbor
+ * relink, or a new PathMtu (c.3) reaching an active connection: later frames use the new
+ * addresses; a new path MTU re-derives the send MSS as activate() does (RFC 1191: segments
+ * shrink with the path MTU; data already sent is resent in the new size).  None = unchanged.
+ * All arguments are checked before anything changes. */
+PyObject *
+dp_set_route(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"remote_mac", "local_mac", "vlan_id", "path_mtu"};
+    PyObject *v[4];
+    uint32_t idx, vlan = 0, mtu = 0;
+    uint8_t remote_mac[6], local_mac[6];
+    ct_conn *c;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "set_route() takes 1 positional argument (handle), %zd "
+                     "given", nargs);
+        return NULL;
+    }
+    if (parse_kw("set_route", args, nargs, kwnames, names, v, 4) < 0) {
+        return NULL;
+    }
+    const int have_remote = v[0] != NULL && v[0] != Py_None;
+    const int have_local = v[1] != NULL && v[1] != Py_None;
+    const int have_vlan = v[2] != NULL && v[2] != Py_None;
+    const int have_mtu = v[3] != NULL && v[3] != Py_None;
+    if ((have_remote && get_mac(v[0], "remote_mac", remote_mac) < 0)
+        || (have_local && get_mac(v[1], "local_mac", local_mac) < 0)
+        || (have_vlan && get_u32(v[2], "vlan_id", 0, 4095, &vlan) < 0)
+        || (have_mtu && get_u32(v[3], "path_mtu", 68, 65535, &mtu) < 0)) {
+        return NULL;
+    }
+    /* the argument conversions above may have run Python code: resolve the handle last */
+    if (require_conn(self, args[0], &idx, &c) < 0) {
+        return NULL;
+    }
+    if (have_remote) {
+        memcpy(c->remote_mac, remote_mac, 6);
+    }
+    if (have_local) {
+        memcpy(c->local_mac, local_mac, 6);
+    }
+    if (have_vlan) {
+        c->vlan_id = (uint16_t)vlan;
+    }
+    if (have_mtu && mtu != c->path_mtu) {
+        ct_slot *s = &self->slots[idx];
+        const int ts = (s->ConstFlags & TCP_FLAG_TIMESTAMP_ENABLED) != 0;
+        uint32_t mss = umin(s->RemoteMss ? s->RemoteMss : 536, mtu - 40);
+        c->path_mtu = (uint16_t)mtu;
+        c->tso_ok = mss == mtu - 40;        /* as in activate(): the device cuts at MTU - 40 */
+        if (ts) {
+            mss -= 12;
+        }
+        c->mss = (uint16_t)umax(mss, 16);
     }
     Py_RETURN_NONE;
 }
@@ -2338,6 +2457,24 @@ dp_set_terminating(CTable *self, PyObject *handle)
     Py_RETURN_NONE;
 }
 
+/* stop_sending(handle): d.6 -- the connection (or its neighbor / path) was invalidated: stop
+ * all transmission at once (data, ACKs, retransmissions, window probes, keepalives, the
+ * terminate-time ACK flush) and the timers that would transmit; frames received meanwhile
+ * are still processed (data is buffered and handed back at terminate).  One way: only the
+ * terminate that follows ends it.  The deadlines stay in the slot, so export() reports them. */
+PyObject *
+dp_stop_sending(CTable *self, PyObject *handle)
+{
+    uint32_t idx;
+    ct_conn *c;
+    if (require_conn(self, handle, &idx, &c) < 0) {
+        return NULL;
+    }
+    c->quiet = 1;
+    heap_fix(self, idx);
+    Py_RETURN_NONE;
+}
+
 PyObject *
 dp_flush_acks(CTable *self, PyObject *handle)
 {
@@ -2351,7 +2488,7 @@ dp_flush_acks(CTable *self, PyObject *handle)
         return NULL;
     }
     ct_slot *s = &self->slots[idx];
-    if (ack_owed(s, c) && !c->urgent && s->State != ST_CLOSED) {
+    if (ack_owed(s, c) && !c->urgent && !c->quiet && s->State != ST_CLOSED) {
         if (emit(self, idx, c, s->SndNxt, 0, 0, TH_ACK, self->dp->last_now, out) < 0) {
             Py_DECREF(out);
             return NULL;
@@ -2385,6 +2522,51 @@ delta_of(uint64_t deadline, uint64_t now)
     return deadline > now ? (uint32_t)u64min(deadline - now, 0xFFFFFFFEu) : 0;
 }
 
+/* d.3 step 5: write the derived delegated values (TsTime = NIC time + delta, TsRecentAge,
+ * TotalRT, both TimeoutDeltas with CT_DELTA_STOPPED for stopped timers) back into the slot;
+ * export() and export_many() then report the slot's fields. */
+static void
+export_derive(ct_slot *s, const ct_conn *c, uint64_t now)
+{
+    s->TsTime = (uint32_t)now + c->ts_delta;
+    s->TsRecentAge = c->have_ts_recent ? (uint32_t)u64min(now - u64min(now, c->ts_recent_time),
+                                                          0xFFFFFFFFu) : 0;
+    s->TotalRT = s->RetransmitCount ? (uint32_t)u64min(now - u64min(now, c->rt_start),
+                                                       0xFFFFFFFEu) : 0;
+    uint64_t rdl = s->retransmit_deadline;
+    if (rdl == CT_TIMER_STOPPED) {
+        rdl = s->persist_deadline;
+    }
+    if (rdl == CT_TIMER_STOPPED) {
+        rdl = s->fin_wait_2_deadline;
+    }
+    s->RetransmitTimeoutDelta = delta_of(rdl, now);
+    s->KeepAliveTimeoutDelta = delta_of(s->keepalive_deadline, now);
+}
+
+/* The connection's send data from SndUna (unacked, then unsent) and its received, ACKed,
+ * untaken bytes, as new bytes objects. */
+static int
+export_data(const ct_conn *c, PyObject **sd, PyObject **bd)
+{
+    *sd = PyBytes_FromStringAndSize(NULL, c->slen);
+    if (*sd == NULL) {
+        return -1;
+    }
+    if (c->slen) {
+        ring_read(c->sbuf, c->ssize, c->shead, 0, (uint8_t *)PyBytes_AS_STRING(*sd), c->slen);
+    }
+    *bd = PyBytes_FromStringAndSize(NULL, c->rlen);
+    if (*bd == NULL) {
+        Py_CLEAR(*sd);
+        return -1;
+    }
+    if (c->rlen) {
+        ring_read(c->rbuf, c->rsize, c->rhead, 0, (uint8_t *)PyBytes_AS_STRING(*bd), c->rlen);
+    }
+    return 0;
+}
+
 PyObject *
 dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2400,20 +2582,7 @@ dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs)
     }
     ct_slot *s = &self->slots[idx];
     /* write the derived values back to the slot, then report them */
-    s->TsTime = (uint32_t)now + c->ts_delta;
-    s->TsRecentAge = c->have_ts_recent ? (uint32_t)u64min(now - u64min(now, c->ts_recent_time),
-                                                          0xFFFFFFFFu) : 0;
-    s->TotalRT = s->RetransmitCount ? (uint32_t)u64min(now - u64min(now, c->rt_start),
-                                                       0xFFFFFFFEu) : 0;
-    uint64_t rdl = s->retransmit_deadline;
-    if (rdl == CT_TIMER_STOPPED) {
-        rdl = s->persist_deadline;
-    }
-    if (rdl == CT_TIMER_STOPPED) {
-        rdl = s->fin_wait_2_deadline;
-    }
-    s->RetransmitTimeoutDelta = delta_of(rdl, now);
-    s->KeepAliveTimeoutDelta = delta_of(s->keepalive_deadline, now);
+    export_derive(s, c, now);
 
     PyObject *d = PyDict_New();
     if (d == NULL) {
@@ -2438,27 +2607,17 @@ dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    PyObject *sd = PyBytes_FromStringAndSize(NULL, c->slen);
-    if (sd == NULL) {
+    PyObject *sd, *bd;
+    if (export_data(c, &sd, &bd) < 0) {
         Py_DECREF(d);
         return NULL;
-    }
-    if (c->slen) {
-        ring_read(c->sbuf, c->ssize, c->shead, 0, (uint8_t *)PyBytes_AS_STRING(sd), c->slen);
     }
     int r = PyDict_SetItemString(d, "send_data", sd);
     Py_DECREF(sd);
     if (r < 0) {
+        Py_DECREF(bd);
         Py_DECREF(d);
         return NULL;
-    }
-    PyObject *bd = PyBytes_FromStringAndSize(NULL, c->rlen);
-    if (bd == NULL) {
-        Py_DECREF(d);
-        return NULL;
-    }
-    if (c->rlen) {
-        ring_read(c->rbuf, c->rsize, c->rhead, 0, (uint8_t *)PyBytes_AS_STRING(bd), c->rlen);
     }
     r = PyDict_SetItemString(d, "buffered", bd);
     Py_DECREF(bd);
@@ -2467,6 +2626,87 @@ dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     return d;
+}
+
+/* export_many() returns one flat list: per handle EXPORT_ROW items, the values of export() in
+ * the order of its docstring, then send_data and buffered (flat: no container object per
+ * connection for the garbage collector to track). */
+#define EXPORT_ROW_VALUES 24
+#define EXPORT_ROW (EXPORT_ROW_VALUES + 2)
+
+PyObject *
+dp_export_many(CTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t now;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "export_many() takes exactly 2 arguments (handles, now_ticks)");
+        return NULL;
+    }
+    if (get_ticks(args[1], &now) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "export_many() needs a sequence of handles");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* validate every handle first: all or nothing */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t idx;
+        ct_conn *c;
+        if (require_conn(self, items[i], &idx, &c) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    if (n > PY_SSIZE_T_MAX / EXPORT_ROW) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    PyObject *out = PyList_New(n * EXPORT_ROW);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t idx;
+        ct_conn *c;
+        if (require_conn(self, items[i], &idx, &c) < 0) {
+            goto error;
+        }
+        ct_slot *s = &self->slots[idx];
+        export_derive(s, c, now);
+        const uint32_t v[EXPORT_ROW_VALUES] = {
+            s->State, s->RcvNxt, s->RcvWnd, s->SndUna, s->SndNxt, s->SndMax, s->SndWnd,
+            s->MaxSndWnd, s->SendWL1, s->CWnd, s->SsThresh, s->SRtt, s->RttVar, s->TsRecent,
+            s->TsRecentAge, s->TsTime, s->TotalRT, s->DupAckCount, s->SndWndProbeCount,
+            s->KeepAliveProbeCount, s->KeepAliveTimeoutDelta, s->RetransmitCount,
+            s->RetransmitTimeoutDelta, s->DWnd,
+        };
+        const Py_ssize_t base = i * EXPORT_ROW;
+        for (int k = 0; k < EXPORT_ROW_VALUES; k++) {
+            PyObject *o = PyLong_FromUnsignedLong(v[k]);
+            if (o == NULL) {
+                goto error;
+            }
+            PyList_SET_ITEM(out, base + k, o);
+        }
+        PyObject *sd, *bd;
+        if (export_data(c, &sd, &bd) < 0) {
+            goto error;
+        }
+        PyList_SET_ITEM(out, base + EXPORT_ROW_VALUES, sd);
+        PyList_SET_ITEM(out, base + EXPORT_ROW_VALUES + 1, bd);
+    }
+    Py_DECREF(seq);
+    return out;
+
+error:
+    Py_DECREF(seq);
+    Py_DECREF(out);     /* items not yet set are NULL: list dealloc skips them */
+    return NULL;
 }
 
 PyObject *
@@ -2488,7 +2728,7 @@ dp_counters(CTable *self, PyObject *Py_UNUSED(ignored))
         "paws_drops", "unacceptable", "dup_segments", "ooo_segments", "ooo_dropped",
         "challenge_acks", "rsts_in", "frames_out", "data_frames_out", "retransmits",
         "fast_retransmits", "timeouts", "window_probes", "keepalive_probes", "acks_out",
-        "ts_missing"};
+        "ts_missing", "tso_frames_out"};
     dp_counters_t zero;
     memset(&zero, 0, sizeof(zero));
     const dp_counters_t *cn = self->dp ? &self->dp->cnt : &zero;
@@ -2610,7 +2850,7 @@ ct_dp_validate(CTable *t)
         if (!c->active) {
             continue;
         }
-        if (!dp->heap_pos[i] && !c->terminating && !c->urgent
+        if (!dp->heap_pos[i] && !c->terminating && !c->urgent && !c->quiet
             && slot_min_deadline(s) != CT_TIMER_STOPPED) {
             FAIL("slot %u has a running timer but is not in the heap", (unsigned)i);
         }
@@ -2653,9 +2893,79 @@ ct_dp_validate(CTable *t)
     return 0;
 }
 
+/* ------------------------------------------------------ module functions ---- */
+
+/* internet_checksum(data, initial=0, /) -> int: tcpip.checksum.internet_checksum in C, for the
+ * TAP layer (vnic/vnet.py completes the TCP checksums of GRO'd 64 KiB super-segments). */
+static PyObject *
+dp_internet_checksum(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "internet_checksum() takes 1 or 2 arguments "
+                                         "(data, initial=0)");
+        return NULL;
+    }
+    uint64_t sum = 0;
+    if (nargs == 2) {
+        if (!PyLong_Check(args[1])) {
+            PyErr_SetString(PyExc_TypeError, "initial must be an int");
+            return NULL;
+        }
+        unsigned long long init = PyLong_AsUnsignedLongLong(args[1]);
+        if (init == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (init > 0xFFFFFFFFull) {
+            PyErr_SetString(PyExc_ValueError, "initial must be in 0..2**32-1");
+            return NULL;
+        }
+        sum = init;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *p = view.buf;
+    size_t n = (size_t)view.len, i = 0;
+    int nonzero = sum != 0;
+    /* 32-bit big-endian words (RFC 1071 parallel summation); 64-bit accumulator */
+    for (; i + 3 < n; i += 4) {
+        sum += ((uint64_t)p[i] << 24) | ((uint32_t)p[i + 1] << 16) | ((uint32_t)p[i + 2] << 8)
+               | p[i + 3];
+    }
+    for (; i + 1 < n; i += 2) {
+        sum += ((uint32_t)p[i] << 8) | p[i + 1];
+    }
+    if (i < n) {
+        sum += (uint32_t)p[i] << 8;
+    }
+    PyBuffer_Release(&view);
+    nonzero |= sum != 0;
+    while (sum >> 16) {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    /* as the Python twin: all-zero input sums to 0 -> 0xFFFF; a non-zero input whose folded
+     * sum is 0xFFFF ("negative zero") -> 0 */
+    if (!nonzero) {
+        return PyLong_FromLong(0xFFFF);
+    }
+    return PyLong_FromLong((long)(~sum & 0xFFFF));
+}
+
+static PyMethodDef dp_module_functions[] = {
+    {"internet_checksum", (PyCFunction)(void (*)(void))dp_internet_checksum, METH_FASTCALL,
+     "internet_checksum(data, initial=0, /)\n--\n\n"
+     "RFC 1071 checksum of data plus the partial sum initial (tcpip.checksum.internet_checksum):\n"
+     "the checksum field value, or 0 when verifying data that carries a correct checksum."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 ct_dp_add_constants(PyObject *m)
 {
+    if (PyModule_AddFunctions(m, dp_module_functions) < 0) {
+        return -1;
+    }
     struct { const char *name; long v; } k[] = {
         {"FRAME_CONSUMED", FRAME_CONSUMED}, {"FRAME_NOT_OURS", FRAME_NOT_OURS},
         {"FRAME_PASS_UP", FRAME_PASS_UP},

@@ -28,8 +28,9 @@ Assumptions where the data-path contract is silent (see also the module's tests)
   of a PSH on the last segment of a write) or when the push timer (``TcpPushTicks``) expires.
 * Data taken from the table for an indication the host refused is held here (``rx_held``) and
   delivered before anything newer; at terminate it leads ``BufferedData``.
-* A neighbor MAC / path MTU update and a path -> neighbor relink reach the data path only if
-  the table offers ``set_route(handle, remote_mac=, local_mac=, vlan_id=, path_mtu=)``.
+* A neighbor MAC / path MTU update and a path -> neighbor relink reach the data path through
+  ``table.set_route(handle, remote_mac=, local_mac=, vlan_id=, path_mtu=)`` (a table without
+  it, e.g. a test double, keeps the old route).
 * Completions are queued, indications are synchronous: while a receive completion carrying
   data has not reached the host yet, the connection indicates neither newer data nor the
   peer's FIN (they would overtake it); a work item queued behind the completion resumes it.
@@ -43,7 +44,7 @@ import copy
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,10 +55,10 @@ from ndis.blocks import (
     BlockRole,
     OffloadBlockList,
     block_role,
-    iter_blocks,
     iter_nbls,
     iter_tree,
     link_nbls,
+    list_blocks,
     tree_layers,
 )
 from ndis.driver import NDIS_STATUS_INDICATION, Miniport, linker_status
@@ -130,6 +131,8 @@ EVENT_FIN = _const("EVENT_FIN", 3)
 EVENT_RST = _const("EVENT_RST", 4)
 EVENT_RETRIEVE = _const("EVENT_RETRIEVE", 5)
 EVENT_FIN_ACKED = _const("EVENT_FIN_ACKED", 6)
+# counter names per verdict, built once (receive_frame runs per frame)
+_VERDICT_KEYS = {v: f"frames_verdict_{v}" for v in (FRAME_CONSUMED, FRAME_NOT_OURS, FRAME_PASS_UP)}
 
 _DATAPATH_METHODS = (
     "configure", "activate", "send_append", "acked_total", "receive_take", "receive_available",
@@ -276,6 +279,24 @@ _EXPORT_ALIASES = {"Flags": "DelegatedFlags", "KeepAlive.ProbeCount": "KeepAlive
                    "Retransmit.TimeoutDelta": "RetransmitTimeoutDelta"}
 
 
+_EXPORT_ALIAS_OF = {name: alias for alias, name in _EXPORT_ALIASES.items()}
+
+
+_ROW = 26  # items per connection in table.export_many's flat list
+
+
+def _fill_delegated(d: TCP_OFFLOAD_STATE_DELEGATED, row: list[Any]) -> None:
+    """d.3 step 5: one connection's ``_ROW`` items of ``table.export_many`` (their order is
+    fixed by the C method's docstring) into TCP_OFFLOAD_STATE_DELEGATED; the last two items
+    are the data."""
+    ka = d.KeepAlive
+    rt = d.Retransmit
+    (d.State, d.RcvNxt, d.RcvWnd, d.SndUna, d.SndNxt, d.SndMax, d.SndWnd, d.MaxSndWnd, d.SendWL1,
+     d.CWnd, d.SsThresh, d.SRtt, d.RttVar, d.TsRecent, d.TsRecentAge, d.TsTime, d.TotalRT,
+     d.DupAckCount, d.SndWndProbeCount, ka.ProbeCount, ka.TimeoutDelta, rt.Count, rt.TimeoutDelta,
+     d.DWnd, _send, _buffered) = row
+
+
 def _get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -329,7 +350,10 @@ class OffloadTarget(Miniport):
     """The emulated chimney NIC's miniport (see module docstring).
 
     ``OffloadTarget(capacity, mac=..., ticks_per_second=1000, table=None)``; ``table`` lets a
-    test inject a table object implementing the data-path contract.
+    test inject a table object implementing the data-path contract.  ``tso_max`` > 0: the
+    device below segments TCP super-segments (a TAP with virtio-net offload, vnic/vnet.py), so
+    the data path sends new data in super-segments of up to that many payload bytes
+    (``table.configure(tso_max=)``); 0 (a wire of MTU frames) keeps MSS-sized frames.
     """
 
     def __init__(
@@ -344,8 +368,10 @@ class OffloadTarget(Miniport):
         interface_vlans: Iterable[int] = (),
         push_on_drain: bool = True,
         moderate: bool = False,
+        tso_max: int = 0,
     ) -> None:
         self.name = name
+        self.tso_max = tso_max
         self.mac = bytes(mac)
         self.ticks_per_second = ticks_per_second
         self.table = table if table is not None else _table_mod.ConnectionTable(max(1, capacity))
@@ -420,6 +446,7 @@ class OffloadTarget(Miniport):
             ticks_per_second=tps, ack_frequency=p.TcpAckFrequency,
             delayed_ack_ticks=p.TcpDelayedAckTicks, max_retransmissions=p.TcpMaximumRetransmissions,
             dup_ack_threshold=p.TcpDuplicateAckThreshold, push_ticks=p.TcpPushTicks,
+            **({"tso_max": self.tso_max} if self.tso_max else {}),
         )
 
     def SetTcpConnectionOffloadParameters(self, params: Any) -> int:  # noqa: N802
@@ -638,90 +665,170 @@ class OffloadTarget(Miniport):
 
     # -- terminate (d.3) ------------------------------------------------------------------------------
     def _do_terminate(self, root: OffloadBlockList) -> None:
-        removed_tcp = False
-        for block in list(iter_blocks(root)):
+        # One pass over the tree: neighbor / path blocks are done at once, the TCP blocks are
+        # collected and go through the d.3 checklist together (_terminate_tcps): every step
+        # in order for each connection, the per-connection table calls batched where the
+        # table offers it (export_many).  (Parallel lists, no tuple per connection: a tree
+        # can hold 10,000 connections.)
+        tcps = self.tcps
+        block_status = self.faults.block_status
+        placeholder, reference = BlockRole.PLACEHOLDER, BlockRole.REFERENCE
+        success, failure = NdisStatus.SUCCESS, NdisStatus.FAILURE
+        objs: list[TcpObject] = []
+        blocks: list[NDIS_MINIPORT_OFFLOAD_BLOCK_LIST] = []
+        taken: set[int] = set()  # handles already collected (a block naming one again fails)
+        forced_tcp: list[tuple[OffloadBlockList, int]] = []
+        for block in list_blocks(root):
             assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
             role = block_role(block)
-            if role is BlockRole.PLACEHOLDER:
-                block.Status = NdisStatus.SUCCESS
+            if role is placeholder:
+                block.Status = success
                 continue
-            obj = block.MiniportOffloadContext.value if role is BlockRole.REFERENCE else None  # type: ignore[union-attr]
-            forced = self.faults.block_status(Operation.TERMINATE, block)
-            if isinstance(obj, TcpObject) and obj.handle in self.tcps:
-                ok = self._terminate_tcp(obj, block)
-                removed_tcp = True
-                block.Status = NdisStatus.SUCCESS if ok else NdisStatus.FAILURE
-            elif isinstance(obj, NeighborObject) and obj.id in self.neighbors:
+            obj = block.MiniportOffloadContext.value if role is reference else None  # type: ignore[union-attr]
+            forced = block_status(Operation.TERMINATE, block)
+            if isinstance(obj, TcpObject) and obj.handle in tcps and obj.handle not in taken:
+                taken.add(obj.handle)
+                objs.append(obj)
+                blocks.append(block)
+                if forced is not None:
+                    forced_tcp.append((block, forced))
+                continue
+            if isinstance(obj, NeighborObject) and obj.id in self.neighbors:
                 deleg = block.state.Delegated if isinstance(block.state, NeighborOffloadState) else block.state
                 if isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
                     deleg.NicReachabilityDelta = (self.now_ticks - obj.nrt) % _SEQ
                 obj.terminated = True
                 del self.neighbors[obj.id]
-                block.Status = NdisStatus.SUCCESS
+                block.Status = success
             elif isinstance(obj, PathObject) and obj.id in self.paths:
                 obj.terminated = True
                 del self.paths[obj.id]
-                block.Status = NdisStatus.SUCCESS
+                block.Status = success
             else:
-                block.Status = NdisStatus.FAILURE  # not ours (any more)
-            if forced is not None and block.Status == NdisStatus.SUCCESS:
+                block.Status = failure  # not ours (any more)
+            if forced is not None and block.Status == success:
                 block.Status = forced
+        if objs:
+            self._terminate_tcps(objs, blocks)
+            for block, forced in forced_tcp:
+                if block.Status == success:
+                    block.Status = forced
+        # step 9: one completion with the original root; step 10: free the TCP contexts
         self._complete_state(Operation.TERMINATE, root)
+        for obj in objs:
+            self._free_tcp(obj)
         self._service_dirty()
-        if removed_tcp:
+        if objs:
             self._check_resume()
 
-    def _terminate_tcp(self, obj: TcpObject, block: NDIS_MINIPORT_OFFLOAD_BLOCK_LIST) -> bool:
-        """The d.3 checklist for one connection; True = state returned (SUCCESS)."""
-        h = obj.handle
+    def _terminate_tcps(self, objs: list[TcpObject], blocks: list[NDIS_MINIPORT_OFFLOAD_BLOCK_LIST]) -> None:
+        """The d.3 checklist steps 2-8 for the TCP blocks of one terminate tree (``objs[i]``
+        named by ``blocks[i]``), each step in order for every connection; block.Status is
+        SUCCESS (state returned) or FAILURE (d.4).  The contexts are freed (step 10) by the
+        caller after the completion (step 9)."""
         t = self.table
+        flush_acks = t.flush_acks
+        set_terminating = t.set_terminating
+        outbox = self.outbox
         # step 2: the owed ACK now; the delayed-ACK / push timers stop
-        self.outbox.extend(self._note_ip_id(t.flush_acks(h)))
-        obj.push_deadline = None
         # step 3: later segments go up the ordinary path
-        t.set_terminating(h)
-        obj.terminating = True
+        for obj in objs:
+            h = obj.handle
+            frames = flush_acks(h)
+            if frames:
+                outbox.extend(self._note_ip_id(frames))
+            obj.push_deadline = None
+            set_terminating(h)
+            obj.terminating = True
         self._absorb_events()
-        if obj.hw_failed:
-            # d.4: everything outstanding completes with REQUEST_ABORTED, no state returned
-            self._abort_all(obj, NdisStatus.REQUEST_ABORTED)
-            block.NetBufferListChain = None
-            self._free_tcp(obj)
-            return False
         # step 4: complete outstanding calls (sends fully ACKed first, FIFO)
-        obj.acked_total = max(obj.acked_total, t.acked_total(h))
-        self._complete_acked_sends(obj)
-        self._finish_posts_for_upload(obj)
-        discs = [e for e in obj.sends if e.kind == "disconnect"]
-        for e in discs:
-            obj.sends.remove(e)
-        self._complete_io("disconnect", [self._finish(e.nbl, NdisStatus.UPLOAD_IN_PROGRESS) for e in discs])
-        # step 5: delegated state
-        exported = t.export(h, self.now_ticks)
-        deleg = block.state.Delegated if isinstance(block.state, TcpOffloadState) else block.state
+        acked_total = t.acked_total
+        failed = 0
+        for i, obj in enumerate(objs):
+            if obj.hw_failed:
+                # d.4: everything outstanding completes with REQUEST_ABORTED, no state returned
+                self._abort_all(obj, NdisStatus.REQUEST_ABORTED)
+                blocks[i].NetBufferListChain = None
+                blocks[i].Status = NdisStatus.FAILURE
+                failed += 1
+                continue
+            acked = acked_total(obj.handle)
+            if acked > obj.acked_total:
+                obj.acked_total = acked
+            if obj.sends:
+                self._complete_acked_sends(obj)
+            if obj.posts:
+                self._finish_posts_for_upload(obj)
+            if obj.sends:
+                discs = [e for e in obj.sends if e.kind == "disconnect"]
+                if discs:
+                    for e in discs:
+                        obj.sends.remove(e)
+                    self._complete_io("disconnect",
+                                      [self._finish(e.nbl, NdisStatus.UPLOAD_IN_PROGRESS) for e in discs])
+        if failed:
+            pairs = [(o, b) for o, b in zip(objs, blocks, strict=True) if not o.hw_failed]
+            objs = [o for o, _ in pairs]
+            blocks = [b for _, b in pairs]
+            if not objs:
+                return
+        # step 5: the delegated state of every connection in one table call when it can
+        export_many = getattr(t, "export_many", None)
+        now_ticks = self.now_ticks
+        if export_many is not None:
+            flat = export_many([obj.handle for obj in objs], now_ticks)
+            for i, obj in enumerate(objs):
+                self._return_tcp_state(obj, blocks[i], flat[i * _ROW:(i + 1) * _ROW], None)
+        else:
+            for i, obj in enumerate(objs):
+                self._return_tcp_state(obj, blocks[i], None, t.export(obj.handle, now_ticks))
+
+    def _return_tcp_state(self, obj: TcpObject, block: NDIS_MINIPORT_OFFLOAD_BLOCK_LIST,
+                          row: list[Any] | None, exported: dict[str, Any] | None) -> None:
+        """d.3 steps 5-8 for one connection: the exported values (an ``export_many`` row or an
+        ``export`` dict) into the block's DELEGATED, the send data, BufferedData, Status."""
+        state = block.state
+        deleg = state.Delegated if isinstance(state, TcpOffloadState) else state
+        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        # step 5: delegated state (values as the table reports them: SRtt x8 / RttVar x4 in
+        # ticks, TimeoutDelta 0xFFFFFFFF for stopped timers, TsTime = NIC time + delta)
+        if row is not None:
+            table_send, table_buffered = row[24], row[25]
+            if is_tcp:
+                _fill_delegated(deleg, row)
+        else:
+            assert exported is not None
+            table_send = exported.get("send_data", b"")
+            table_buffered = exported.get("buffered", b"")
+            if is_tcp:
+                for name, attr in _DELEGATED_FIELDS.items():
+                    v = exported.get(name)
+                    if v is None:
+                        alias = _EXPORT_ALIAS_OF.get(name)
+                        v = exported.get(alias) if alias else None
+                    if v is not None:
+                        _set_path(deleg, attr, int(v))
         # step 6: unacked + unsent send data: the original NBLs, original order (T.3)
+        total = 0
         chain: list[NET_BUFFER_LIST] = []
-        for e in obj.sends:
-            if not chain and obj.acked_total > e.start:
-                e.nbl.advance_data_start(obj.acked_total - e.start)  # partially ACKed head
-                e.start = obj.acked_total
-            chain.append(e.nbl)
-        obj.sends.clear()
-        total = sum(n.DataLength for n in chain)
-        table_bytes = len(exported.get("send_data", b""))
+        if obj.sends:
+            acked_total = obj.acked_total
+            for e in obj.sends:
+                if not chain and acked_total > e.start:
+                    e.nbl.advance_data_start(acked_total - e.start)  # partially ACKed head
+                    e.start = acked_total
+                chain.append(e.nbl)
+            obj.sends.clear()
+            total = sum(n.DataLength for n in chain)
+            block.NetBufferListChain = link_nbls(chain)
+        else:
+            block.NetBufferListChain = None
         unappended = obj.stream_total - obj.appended_total
-        if table_bytes + unappended != total:
+        if len(table_send) + unappended != total:
             log.debug("%s: %s: table holds %d send bytes (+%d not appended), chain %d",
-                      self.name, obj.label, table_bytes, unappended, total)
-        block.NetBufferListChain = link_nbls(chain)
-        if isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED):
-            for name, attr in _DELEGATED_FIELDS.items():
-                v = exported.get(name)
-                if v is None:
-                    alias = next((a for a, n in _EXPORT_ALIASES.items() if n == name), None)
-                    v = exported.get(alias) if alias else None
-                if v is not None:
-                    _set_path(deleg, attr, int(v))
+                      self.name, obj.label, len(table_send), unappended, total)
+        buffered_len = 0
+        if is_tcp:
             if chain:
                 # T.3: SndNxt / SndMax lie inside the returned data.  A FIN already sent after
                 # that data is not counted (the checker's V9 reading of T.3); the disconnect
@@ -730,16 +837,21 @@ class OffloadTarget(Miniport):
                 una = deleg.SndUna
                 deleg.SndNxt = (una + min((deleg.SndNxt - una) % _SEQ, total)) % _SEQ
                 deleg.SndMax = (una + min((deleg.SndMax - una) % _SEQ, total)) % _SEQ
-            deleg.SendDataHead = chain[0] if chain else None
-            deleg.SendDataTail = chain[-1] if chain else None
+                deleg.SendDataHead = chain[0]
+                deleg.SendDataTail = chain[-1]
+            else:
+                deleg.SendDataHead = deleg.SendDataTail = None
             deleg.SendBacklogSize = None
             deleg.ReceiveBacklogSize = None
             delta = self.faults.take_rcv_nxt_delta(obj)
             if delta:  # fault hook: a wrong RcvNxt handed back
                 deleg.RcvNxt = (deleg.RcvNxt + delta) % _SEQ
             # step 7: received, ACKed, undelivered data -> BufferedData (ends at RcvNxt)
-            rest = bytes(obj.rx_held) + bytes(exported.get("buffered", b""))
-            obj.rx_held.clear()
+            if obj.rx_held:
+                rest = bytes(obj.rx_held) + bytes(table_buffered)
+                obj.rx_held.clear()
+            else:
+                rest = bytes(table_buffered)
             if rest and self.faults.take_drop_buffered(obj):
                 rest = b""  # fault hook: the buffered data is lost
             deleg.BufferedData = None
@@ -747,11 +859,11 @@ class OffloadTarget(Miniport):
                 nbl = NET_BUFFER_LIST(rest, label=f"{obj.label}-buffered")
                 self.returned_buffers[id(nbl)] = nbl
                 deleg.BufferedData = nbl
-        self._free_tcp(obj)
+                buffered_len = nbl.DataLength
+        # step 8: state returned
+        block.Status = NdisStatus.SUCCESS
         log.info("%s: %s terminated (%d send bytes, %d buffered returned)", self.name, obj.label,
-                 total, deleg.BufferedData.DataLength if isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
-                 and deleg.BufferedData is not None else 0)
-        return True
+                 total, buffered_len)
 
     def _free_tcp(self, obj: TcpObject) -> None:
         """d.3 step 10 (the context object itself stays valid for late references)."""
@@ -892,9 +1004,13 @@ class OffloadTarget(Miniport):
             else:
                 affected += [t for t in self.tcps.values() if t.neighbor is obj]
         self._complete_state(Operation.INVALIDATE, root)
+        stop_sending = getattr(self.table, "stop_sending", None) if self.datapath else None
         for t in dict.fromkeys(affected):
             t.invalid = True
-            # d.6: stop sending and ask for the upload (after the completion is queued)
+            # d.6: stop sending at once -- also data already queued in the data path -- and
+            # ask for the upload (after the completion is queued)
+            if stop_sending is not None and self.table.is_active(t.handle):
+                stop_sending(t.handle)
             t.retrieve_reasons.append(TCP_UPLOAD_REASON.InvalidState)
             self._dirty.add(t.handle)
         if affected:
@@ -937,15 +1053,24 @@ class OffloadTarget(Miniport):
 
     def _pump_sends(self, obj: TcpObject) -> None:
         """Hand queued send bytes to the data path, FIFO (T.1); then a pending FIN."""
-        for e in obj.sends:
-            if e.end <= obj.appended_total:
+        appended = obj.appended_total
+        # every entry ends at or before stream_total: when all of it was appended the walk
+        # over the (unacknowledged) entries would skip each one (the usual case: _service
+        # calls this on every event)
+        for e in (obj.sends if appended < obj.stream_total else ()):
+            if e.end <= appended:
                 continue
-            off = obj.appended_total - e.start
+            off = appended - e.start
             base = e.nbl.DataOffset
-            data = bytes(e.nbl.buffer[base + off: base + (e.end - e.start)])
-            n = self.table.send_append(obj.handle, data) if data else 0
-            obj.appended_total += n
-            if n < len(data):
+            # a view, not a copy: send_append copies the bytes into the send ring (the
+            # contract takes any bytes-like object); released at once so that the NBL's
+            # buffer carries no export
+            with memoryview(e.nbl.buffer) as view, view[base + off: base + (e.end - e.start)] as data:
+                want = len(data)
+                n = self.table.send_append(obj.handle, data) if want else 0
+            appended += n
+            obj.appended_total = appended
+            if n < want:
                 return  # send buffer full: the rest waits for ACKs
         if obj.fin_pending and obj.appended_total == obj.stream_total:
             obj.fin_pending = False
@@ -1051,7 +1176,8 @@ class OffloadTarget(Miniport):
         if not self.datapath or not self.tcps:
             return FRAME_NOT_OURS
         verdict = self.table.process_frame(frame, self.now_ticks)
-        self._count(f"frames_verdict_{verdict}")
+        key = _VERDICT_KEYS.get(verdict) or f"frames_verdict_{verdict}"
+        self.counters[key] = self.counters.get(key, 0) + 1
         if self.moderate:
             # interrupt moderation: the events wait in the table; poll() (which the run loop
             # calls after every batch of received frames) makes the NDIS calls, so one send
@@ -1060,6 +1186,52 @@ class OffloadTarget(Miniport):
         else:
             self.process_events()
         return verdict
+
+    def receive_frames(self, frames: Sequence[bytes], now: float,
+                       pass_up: Callable[[bytes], None]) -> int:
+        """Frames from the wire that all arrive at ``now``: the same as ``receive_frame`` for
+        each in order, except that the clock is set and the verdicts are counted once per
+        batch.  Each frame the data path does not consume goes to ``pass_up`` as soon as its
+        verdict is known, before the next frame is processed (as with per-frame calls).
+        Returns how many frames were consumed."""
+        self.set_time(now)
+        consumed = 0
+        if not self.moderate or not self.datapath:
+            # events made per frame (or no data path at all): frame by frame
+            for frame in frames:
+                if self.receive_frame(frame, now) == FRAME_CONSUMED:
+                    consumed += 1
+                else:
+                    pass_up(frame)
+            return consumed
+        # interrupt moderation (see receive_frame): the loop only feeds the data path
+        process = self.table.process_frame
+        tcps = self.tcps
+        ticks = self.now_ticks
+        others: dict[int, int] = {}  # verdicts other than FRAME_CONSUMED
+        try:
+            for frame in frames:
+                if not tcps:
+                    pass_up(frame)
+                    continue
+                verdict = process(frame, ticks)
+                if verdict == FRAME_CONSUMED:
+                    consumed += 1
+                else:
+                    others[verdict] = others.get(verdict, 0) + 1
+                    pass_up(frame)
+                    ticks = self.now_ticks  # (host code ran: read the clock again, as per frame)
+        finally:
+            counters = self.counters
+            if consumed:
+                key = _VERDICT_KEYS[FRAME_CONSUMED]
+                counters[key] = counters.get(key, 0) + consumed
+            for verdict, n in others.items():
+                key = _VERDICT_KEYS.get(verdict) or f"frames_verdict_{verdict}"
+                counters[key] = counters.get(key, 0) + n
+            if consumed or others:
+                self._events_waiting = True
+        return consumed
 
     def poll(self, now: float) -> list[bytes]:
         """Data-path timers and frames, push timers, held completions; frames to transmit."""
@@ -1100,8 +1272,34 @@ class OffloadTarget(Miniport):
         if not self.datapath:
             return
         self._events_waiting = False
-        for handle, ev, value in self.table.events():
-            obj = self.tcps.get(handle)
+        tcps = self.tcps
+        dirty = self._dirty
+        events = self.table.events()
+        if not events:
+            return
+        # EVENT_DATA (one per in-order data segment, so about one per frame under moderation)
+        # only stamps the neighbor and marks the connection dirty: the same for every repeat
+        # within one drain (now_ticks does not move here), so each handle's first one suffices
+        handles, kinds, _values = zip(*events, strict=True)
+        if kinds.count(EVENT_DATA) == len(kinds):
+            # nothing but data (the receiving end of a bulk transfer): the handles in the
+            # order of their first event, found at C speed
+            for handle in dict.fromkeys(handles):
+                obj = tcps.get(handle)
+                if obj is None:
+                    continue
+                nb = obj.neighbor
+                if nb is not None:
+                    nb.nrt = self.now_ticks
+                dirty.add(handle)
+            return
+        data_seen: set[int] = set()
+        for handle, ev, value in events:
+            if ev == EVENT_DATA:
+                if handle in data_seen:
+                    continue
+                data_seen.add(handle)
+            obj = tcps.get(handle)
             if obj is None:
                 continue
             if ev == EVENT_SEND_ACKED:
@@ -1121,7 +1319,7 @@ class OffloadTarget(Miniport):
                 obj.retrieve_reasons.append(int(value))
             elif ev == EVENT_FIN_ACKED:
                 obj.fin_acked = True
-            self._dirty.add(handle)
+            dirty.add(handle)
 
     def process_events(self) -> None:
         """Turn the data path's events into NDIS completions and indications."""
@@ -1378,11 +1576,16 @@ class OffloadTarget(Miniport):
     # -- T.7 NeighborReachabilityQuery ------------------------------------------------------------------
     def _check_reachability(self, frames: list[bytes]) -> None:
         stale = self.parameters.NceStaleTicks
-        dsts = {bytes(f[:6]) for f in frames}
+        now = self.now_ticks
+        dsts: set[bytes] | None = None
         for nb in list(self.neighbors.values()):
-            if nb.remote_mac not in dsts:
+            # staleness first: it is two subtractions, while the set of destinations costs a
+            # slice per frame, and a neighbor with recent progress needs no query anyway
+            if (now - nb.nrt) % _SEQ <= stale or (now - nb.hrt) % _SEQ <= stale:
                 continue
-            if (self.now_ticks - nb.nrt) % _SEQ > stale and (self.now_ticks - nb.hrt) % _SEQ > stale:
+            if dsts is None:
+                dsts = {bytes(f[:6]) for f in frames}
+            if nb.remote_mac in dsts:
                 self.reachability_query(nb)
 
     def reachability_query(self, nb: NeighborObject | str) -> int:

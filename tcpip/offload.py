@@ -74,6 +74,7 @@ from ndis.blocks import (
     iter_blocks,
     iter_nbls,
     link_nbls,
+    list_blocks,
     new_offload_block,
     query_tree,
     reference_block,
@@ -116,6 +117,7 @@ from tcpip.offload_convert import (
 )
 from tcpip.offload_socket import OffloadState, TcpSocket
 from tcpip.tcb import EXPORTABLE_STATES, TcbSnapshot, TcpState
+from tcpip.tcp import TcpConnection
 from tcpip.tcp_segment import TcpSegment, build_tcp
 
 if TYPE_CHECKING:
@@ -144,6 +146,9 @@ MANDATORY_UPLOAD_REASONS = frozenset(
     }
 )
 _TRANSITIONAL = (OffloadState.OFFLOADING, OffloadState.UPLOADING)
+# hoisted for the resume path (an Enum member lookup costs about 50 ns, per connection)
+_IN_HOST = OffloadState.IN_HOST
+_SUCCESS = NdisStatus.SUCCESS
 
 
 @dataclass
@@ -284,7 +289,9 @@ class OffloadedConnection:
         n = min(len(data), self.send_space())
         if n <= 0:
             return 0
-        self.chimney._send(self, bytes(memoryview(data)[:n]))
+        with memoryview(data) as view:
+            # no copy here: _send copies the bytes into its NBLs before it returns
+            self.chimney._send(self, view[:n])
         return n
 
     def receive_available(self) -> int:
@@ -817,15 +824,19 @@ class ChimneyHost(Protocol):
         self._finish_in_host(rec, conn)
 
     def _finish_in_host(self, rec: OffloadedConnection, conn: Any) -> None:
+        """After ``stack.attach(conn)`` (which marks it for polling and notifies it): apply
+        what the application asked for meanwhile, then the segments held for it."""
         now = self.stack.now
         if rec.abort_requested:
             conn.abort()
+            self.stack.wake(conn)
         elif rec.close_requested and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
             conn.close()
-        self.stack.wake(conn)
-        held, rec.held = rec.held, []
-        for seg, src, dst in held:
-            self.stack.deliver_tcp(seg, src, dst, now)  # c.3: processed by the host now
+            self.stack.wake(conn)
+        if rec.held:
+            held, rec.held = rec.held, []
+            for seg, src, dst in held:
+                self.stack.deliver_tcp(seg, src, dst, now)  # c.3: processed by the host now
 
     # ---- segments for a connection the chimney owns (c.3) --------------------------------------
 
@@ -866,13 +877,17 @@ class ChimneyHost(Protocol):
 
     # ---- sends ---------------------------------------------------------------------------------
 
-    def _send(self, rec: OffloadedConnection, data: bytes) -> None:
+    def _send(self, rec: OffloadedConnection, data: bytes | memoryview) -> None:
+        """Hand ``data`` to the target as NBLs of ``send_chunk`` bytes (copied: the caller's
+        buffer may be reused once this returns)."""
         chunk = max(1, self.policy.send_chunk)
         nbls = []
-        for i in range(0, len(data), chunk):
-            nbl = NET_BUFFER_LIST(data[i : i + chunk], label=f"{rec.handle.label}-s{next(self._labels)}")
-            self._tag_send(rec, nbl)
-            nbls.append(nbl)
+        label = rec.handle.label
+        with memoryview(data) as view:  # slices of a view: one copy per NBL, into the NBL
+            for i in range(0, len(view), chunk):
+                nbl = NET_BUFFER_LIST(view[i : i + chunk], label=f"{label}-s{next(self._labels)}")
+                self._tag_send(rec, nbl)
+                nbls.append(nbl)
         rec.outstanding += len(data)
         rec.sends_in_flight += len(nbls)
         self.counters["send_nbls"] += len(nbls)
@@ -1156,9 +1171,11 @@ class ChimneyHost(Protocol):
 
     def _terminate(self, recs: list[OffloadedConnection], *, include_idle_shared: bool = False) -> None:
         going = {id(r) for r in recs}
+        uploading = OffloadState.UPLOADING
+        observers = self.observers
         for rec in recs:
-            self._set_phase(rec, OffloadState.UPLOADING)  # V13: no sends/receives from now on
-            if self.observers:
+            self._set_phase(rec, uploading)  # V13: no sends/receives from now on
+            if observers:
                 self._observe("terminate-start", rec)
         # V14: a neighbor/path goes only with (in the same tree as) its last dependents
         paths_going: list[_Shared] = []
@@ -1178,17 +1195,22 @@ class ChimneyHost(Protocol):
         for s in (*paths_going, *nbs_going):
             s.phase = "terminating"
 
-        def tcp_nodes(pa: _Shared) -> list[OffloadNode]:
-            return [r.node for r in recs if r.path is pa]
+        # the tree's shape, grouped once (linear in the connections, whatever the fan-out)
+        tcp_nodes: dict[int, list[OffloadNode]] = {}
+        for r in recs:
+            tcp_nodes.setdefault(id(r.path), []).append(r.node)
+        paths_of: dict[int, list[_Shared]] = {}
+        for p in paths_going:
+            paths_of.setdefault(id(p.parent), []).append(p)
 
         def path_node(pa: _Shared) -> OffloadNode:
-            return OffloadNode(OffloadLayer.PATH, pa.handle, tcp_nodes(pa), label=pa.label)
+            return OffloadNode(OffloadLayer.PATH, pa.handle, tcp_nodes.get(id(pa), []), label=pa.label)
 
         trees: list[OffloadBlockList] = []
         if nbs_going:
             trees.append(terminate_tree([
                 OffloadNode(OffloadLayer.NEIGHBOR, nb.handle,
-                            [path_node(p) for p in paths_going if p.parent is nb], label=nb.label)
+                            [path_node(p) for p in paths_of.get(id(nb), ())], label=nb.label)
                 for nb in nbs_going
             ]))
         orphan_paths = [p for p in paths_going if id(p.parent) not in nb_ids]
@@ -1205,12 +1227,32 @@ class ChimneyHost(Protocol):
         root = OffloadBlockList
         self._ops.pop(id(root), None)
         shared: list[_Shared] = []
-        for block in iter_blocks(root):
-            obj = self._by_handle.get(id(block.OffloadHandle))
+        by_handle = self._by_handle
+        # the tree's connections leave their paths' node lists in one pass per path (one
+        # list.remove each would be quadratic in the connections under a path)
+        going: dict[int, set[int]] = {}
+        paths: dict[int, _Shared] = {}
+        blocks = list_blocks(root)
+        for block in blocks:
+            obj = by_handle.get(id(block.OffloadHandle))
             if isinstance(obj, OffloadedConnection):
-                self._resume(obj, block)
+                pa = obj.path
+                nodes = going.get(id(pa))
+                if nodes is None:
+                    nodes = going[id(pa)] = set()
+                    paths[id(pa)] = pa
+                nodes.add(id(obj.node))
             elif isinstance(obj, _Shared):
                 shared.append(obj)
+        for k, nodes in going.items():
+            node = paths[k].node
+            node.children = [n for n in node.children if id(n) not in nodes]
+        if going:
+            # (a second pass rather than a list of the records: each is dropped once resumed)
+            for block in blocks:
+                obj = by_handle.get(id(block.OffloadHandle))
+                if isinstance(obj, OffloadedConnection):
+                    self._resume(obj, block)
         for s in shared:
             self._forget_shared(s)
         self._drop_unreferenced()
@@ -1219,32 +1261,39 @@ class ChimneyHost(Protocol):
         """d.3 / c.2: the host owns everything again; rebuild the connection."""
         stack = self.stack
         now = stack.now
-        self.counters["uploads"] += 1
+        counters = self.counters
+        counters["uploads"] += 1
         deleg = block.state
-        if hasattr(deleg, "Delegated"):
+        if not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) and hasattr(deleg, "Delegated"):
             deleg = deleg.Delegated
-        buffered_head = deleg.BufferedData if isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) else None
-        buffered = nbl_chain_bytes(buffered_head)
+        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        buffered_head = deleg.BufferedData if is_tcp else None
+        buffered = nbl_chain_bytes(buffered_head) if buffered_head is not None else b""
         # T.3 / d.3 step 6: the send data handed back, then what the target refused, in order
-        pieces: list[tuple[int, bytes]] = list(rec.unsent)
-        refused_bytes = sum(len(p) for _, p in rec.unsent)
-        self.counters["refused_send_bytes"] += refused_bytes
-        for i, nbl in enumerate(iter_nbls(block.NetBufferListChain)):
-            tag = nbl.ProtocolReserved[1] if nbl.ProtocolReserved[0] is rec else None
-            seqno = tag[0] if tag else -1_000_000 + i
-            pieces.append((seqno, bytes(nbl.data)))
-            rec.outstanding = 0
-        pieces.sort(key=lambda p: p[0])
-        send_data = b"".join(p for _, p in pieces)
-        rec.unsent = []
-        self._unlink(rec)
+        chain = block.NetBufferListChain
+        refused_bytes = 0
+        if rec.unsent or chain is not None:
+            pieces: list[tuple[int, bytes]] = list(rec.unsent)
+            refused_bytes = sum(len(p) for _, p in rec.unsent)
+            counters["refused_send_bytes"] += refused_bytes
+            for i, nbl in enumerate(iter_nbls(chain)):
+                tag = nbl.ProtocolReserved[1] if nbl.ProtocolReserved[0] is rec else None
+                seqno = tag[0] if tag else -1_000_000 + i
+                pieces.append((seqno, bytes(nbl.data)))
+                rec.outstanding = 0
+            pieces.sort(key=lambda p: p[0])
+            send_data = b"".join(p for _, p in pieces)
+            rec.unsent = []
+        else:
+            send_data = b""
+        self._unlink(rec, node=False)  # (node: TerminateOffloadComplete)
         conn = None
-        lost = block.Status != NdisStatus.SUCCESS or not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        lost = block.Status != _SUCCESS or not is_tcp
         if not lost and not rec.aborted:
             try:
                 snap = snapshot_from_delegated(
-                    deleg, rec.base, send_data=send_data, buffered=bytes(rec.rbuf) + buffered,
-                    tps=self.tps,
+                    deleg, rec.base, send_data=send_data,
+                    buffered=bytes(rec.rbuf) + buffered if rec.rbuf else buffered, tps=self.tps,
                 )
             except ConversionError as exc:
                 log.warning("%s: %s returned state unusable: %s", self.name, rec.name, exc)
@@ -1252,7 +1301,7 @@ class ChimneyHost(Protocol):
             else:
                 if snap.state in EXPORTABLE_STATES:
                     try:
-                        conn = self._import(snap, now)
+                        conn = self._import(snap, now, rec.name)
                     except ValueError as exc:
                         log.warning("%s: %s cannot be resumed: %s", self.name, rec.name, exc)
                         lost = True
@@ -1266,25 +1315,26 @@ class ChimneyHost(Protocol):
             # d.3 step 7: the data was delivered into the host's buffers; give the NBLs back
             self.binding.NdisOffloadTcpReceiveReturn(buffered_head)
         old = rec.phase
-        rec.phase = OffloadState.IN_HOST
+        rec.phase = _IN_HOST
         if self.observers:
             # before the resumed connection sends anything (the held segments come next)
             self._observe(
                 "terminate-complete", rec, status=status_name(block.Status),
                 outcome="resumed" if conn is not None else ("lost" if lost else "closed"),
-                delegated=deleg if isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) else None,
+                delegated=deleg if is_tcp else None,
                 send_bytes=len(send_data) - refused_bytes, refused_bytes=refused_bytes,
                 buffered=buffered,
             )
         if conn is not None:
-            stack.attach(conn, rec.key)
-            rec.sock.swap(conn, OffloadState.IN_HOST)
-            self._log_phase(rec, old, OffloadState.IN_HOST)
-            self._finish_in_host(rec, conn)
+            stack.attach(conn, rec.key)  # polled at once (it may owe a retransmission)
+            rec.sock.swap(conn, _IN_HOST)
+            self._log_phase(rec, old, _IN_HOST)
+            if rec.abort_requested or rec.close_requested or rec.held:
+                self._finish_in_host(rec, conn)
             return
         # not rebuilt: lost (FAILURE), reset, aborted, or finished
         if lost:
-            self.counters["lost"] += 1
+            counters["lost"] += 1
             rec.reset_received = True
             rec.error = rec.error or "connection lost by the offload target"
             rec.state = TcpState.CLOSED
@@ -1298,19 +1348,17 @@ class ChimneyHost(Protocol):
         stack.release(rec.key)
         self.stack.scheduler.notify(rec.sock)
 
-    def _import(self, snap: TcbSnapshot, now: float) -> Any:
-        from tcpip.tcp import TcpConnection
-
-        return TcpConnection.from_snapshot(snap, self.stack.tcp_config, now)
+    def _import(self, snap: TcbSnapshot, now: float, name: str | None = None) -> Any:
+        return TcpConnection.from_snapshot(snap, self.stack.tcp_config, now, name=name)
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
-    def _unlink(self, rec: OffloadedConnection) -> None:
+    def _unlink(self, rec: OffloadedConnection, *, node: bool = True) -> None:
         self.records.pop(rec.key, None)
         self._by_handle.pop(id(rec.handle), None)
         pa = rec.path
         pa.dependents.discard(id(rec))
-        if rec.node in pa.node.children:
+        if node and rec.node in pa.node.children:
             pa.node.children.remove(rec.node)
 
     def _forget_shared(self, s: _Shared) -> None:

@@ -138,7 +138,7 @@ def cmd_bench_handoff(args: argparse.Namespace) -> int:
 
     try:
         result = bench.bench_handoff(handoffs=args.handoffs, connections=args.connections,
-                                     sim_only=args.sim,
+                                     sim_only=args.sim, upload_only=args.upload_only,
                                      progress=None if args.json else _progress_printer())
     except RuntimeError as exc:  # the bench ran and something did not work (one line)
         print(f"vnic: bench handoff failed: {exc}", file=sys.stderr)
@@ -336,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="MB/s of one bulk connection (each direction) while it runs in the host "
                     "stack and while it is offloaded to the emulated NIC, measured side by side "
                     "on the same connection: on the simulated wire, and over TAP against the "
-                    "kernel peer when privileges allow (otherwise the simulated part only).")
+                    "kernel peer when privileges allow (otherwise the simulated part only). "
+                    "The TAP part runs in two modes, each in its own lab: one MTU frame per "
+                    "TAP write/read, and with virtio-net offload on the TAP, where both the "
+                    "host stack and the NIC send TCP super-segments (TSO, up to 64 KiB) and "
+                    "receive them GRO'd; each mode reports host MB/s, offloaded MB/s and ratio.")
     offload.add_argument("--bytes", type=parse_size, default=parse_size("32MiB"), metavar="SIZE",
                          help="bytes per phase and direction (default 32MiB)")
     offload.add_argument("--sim", action="store_true", help="the simulated wire only (no lab)")
@@ -366,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="connections uploaded in one terminate tree (default 10000)")
     handoff.add_argument("--sim", action="store_true",
                          help="measure the gap on the simulated wire even when a lab is possible")
+    handoff.add_argument("--upload-only", action="store_true",
+                         help="only figure (2), the upload of --connections connections "
+                              "(no gap cycles, no lab)")
     handoff.add_argument("--json", action="store_true", help="print the result as JSON")
     handoff.set_defaults(func=cmd_bench_handoff)
     table = bench_sub.add_parser("table", help="C connection table vs its Python twin",

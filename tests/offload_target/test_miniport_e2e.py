@@ -204,3 +204,93 @@ def test_lossy_wire_query_and_upload(seed: int) -> None:
     hw.write(b"tail")
     assert bytes(w.read_exactly(w.peer, pr, 4)) == b"tail"
     w.checker.assert_clean()
+
+
+def test_neighbor_mac_and_path_mtu_updates_reach_the_offloaded_data_path() -> None:
+    """The peer's MAC changes (the host learns it: NdisUpdateOffload of the neighbor, b.8/c.3)
+    and the path MTU drops (update of the path): the offloaded connection's later frames go to
+    the new MAC in segments that fit the new MTU, and the stream stays intact.  Without the
+    data path's set_route the target would keep sending to the old MAC, which the peer drops."""
+    from tcpip.addr import ip_bytes
+
+    w = World(7)
+    hr, hw, pr, pw = w.connect()
+    sock = w.offload(hw)
+    first = payload(50_000, 3)
+    hw.write(first)
+    assert bytes(w.read_exactly(w.peer, pr, len(first))) == first
+    seen: list[bytes] = []
+    orig = w.node.poll
+
+    def watch(now: float) -> list[bytes]:
+        out = orig(now)
+        seen.extend(out)
+        return out
+
+    w.node.poll = watch  # type: ignore[method-assign]
+    new_mac = bytes.fromhex("02766e0000aa")
+    w.peer.mac = new_mac  # the peer "moved" to a new interface
+    w.host.neighbors.add(ip_bytes(PEER_IP), new_mac, w.wire.now)
+    w.wire.run_until(lambda: False, 0.01)  # the neighbor update completes
+    assert w.chimney.update_path_mtu(ip_bytes(PEER_IP), 1280)
+    w.wire.run_until(lambda: False, 0.01)  # and the path update
+    seen.clear()
+    second = payload(60_000, 4)
+    hw.write(second)
+    assert bytes(w.read_exactly(w.peer, pr, len(second))) == second
+    data_frames = [f for f in seen if len(f) > 100]
+    assert data_frames and all(f[:6] == new_mac for f in data_frames)
+    assert max(len(f) - 14 for f in data_frames) <= 1280
+    assert sock.offload_state.name == "OFFLOADED"
+    w.checker.assert_clean()
+
+
+def test_invalidated_neighbor_stops_the_target_sending_then_the_host_resumes() -> None:
+    """d.6: once NdisInvalidateOffload of the neighbor completed, the target sends nothing more
+    on the connections through it -- not even data already queued in the data path -- and asks
+    for their upload (InvalidState); the host terminates, resumes and sends the rest."""
+    from tcpip.addr import ip_bytes
+    from tcpip.offload_socket import OffloadState
+
+    w = World(8)
+    hr, hw, pr, pw = w.connect()
+    sock = w.offload(hw)
+    invalidated = {"done": False, "target_frames_after": 0}
+    orig_invalidate = w.target._do_invalidate
+
+    def do_invalidate(root) -> None:  # type: ignore[no-untyped-def]
+        orig_invalidate(root)
+        invalidated["done"] = True
+
+    w.target._do_invalidate = do_invalidate  # type: ignore[method-assign]
+    orig_poll = w.node.poll
+
+    def watch(now: float) -> list[bytes]:
+        out = orig_poll(now)
+        if invalidated["done"] and sock.offload_state is not OffloadState.IN_HOST:
+            # the target's frames carry IPv4 identification 0x8000 and up (reference T.1)
+            invalidated["target_frames_after"] += sum(
+                1 for f in out if len(f) > 34 and f[18] >= 0x80)
+        return out
+
+    w.node.poll = watch  # type: ignore[method-assign]
+    data = payload(400_000, 5)
+    hw.write(data)  # far more than one window: most of it waits in the target's send queue
+    w.wire.run_until(lambda: False, 0.0005)
+    # the host is slow to act on the target's upload request: as if another call were still
+    # outstanding on the connection (V13: no terminate before it completes), the upload waits
+    # 50 ms of virtual time; the target must stay silent all that time, not only until the
+    # terminate arrives
+    rec = w.chimney.records[sock.key]
+    rec.pending_ops += 1
+    assert w.chimney.invalidate_neighbor(ip_bytes(PEER_IP))
+    w.wire.run_until(lambda: False, 0.05)
+    assert invalidated["done"] and rec.upload_wanted
+    assert sock.offload_state is OffloadState.OFFLOADED
+    rec.pending_ops -= 1
+    w.chimney._service_uploads()
+    w.run_until(lambda: sock.offload_state is OffloadState.IN_HOST, 5.0)
+    assert invalidated["done"]
+    assert invalidated["target_frames_after"] == 0
+    assert bytes(w.read_exactly(w.peer, pr, len(data))) == data
+    w.checker.assert_clean()

@@ -101,7 +101,17 @@ def test_offload_mid_transfer_to_the_kernel_peer(offload_lab: OffloadKernelLab, 
                 state["write_done"] = True
 
             kl.stack.scheduler.spawn(write(), name="writer")
-            while data := await reader.read(CHUNK):
+            sched = kl.stack.scheduler
+            while True:
+                # the reader keeps in step too: otherwise the download can run ahead and the
+                # kernel finish (FIN, CLOSE_WAIT) inside an offload window meant to be
+                # mid-transfer
+                await sched.wait_until(lambda: state["got"].count * up
+                                       <= (state["sent"].count + 1_000_000) * down
+                                       or state["write_done"])
+                data = await reader.read(CHUNK)
+                if not data:
+                    break
                 state["got"].update(data)
             state["eof"] = True
         except Exception as exc:  # noqa: BLE001 - reported by the assertion
