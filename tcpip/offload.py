@@ -1279,13 +1279,13 @@ class ChimneyHost(Protocol):
             for i, nbl in enumerate(iter_nbls(chain)):
                 tag = nbl.ProtocolReserved[1] if nbl.ProtocolReserved[0] is rec else None
                 seqno = tag[0] if tag else -1_000_000 + i
-                pieces.append((seqno, bytes(nbl.data)))
+                pieces.append((seqno, nbl.data))  # a view: joined (copied once) just below
                 rec.outstanding = 0
             pieces.sort(key=lambda p: p[0])
-            send_data = b"".join(p for _, p in pieces)
+            send_data = bytearray().join(p for _, p in pieces)  # becomes the send buffer
             rec.unsent = []
         else:
-            send_data = b""
+            send_data = bytearray()
         self._unlink(rec, node=False)  # (node: TerminateOffloadComplete)
         conn = None
         lost = block.Status != _SUCCESS or not is_tcp
@@ -1293,7 +1293,7 @@ class ChimneyHost(Protocol):
             try:
                 snap = snapshot_from_delegated(
                     deleg, rec.base, send_data=send_data,
-                    buffered=bytes(rec.rbuf) + buffered if rec.rbuf else buffered, tps=self.tps,
+                    buffered=rec.rbuf + buffered if rec.rbuf else bytearray(buffered), tps=self.tps,
                 )
             except ConversionError as exc:
                 log.warning("%s: %s returned state unusable: %s", self.name, rec.name, exc)
@@ -1349,7 +1349,9 @@ class ChimneyHost(Protocol):
         self.stack.scheduler.notify(rec.sock)
 
     def _import(self, snap: TcbSnapshot, now: float, name: str | None = None) -> Any:
-        return TcpConnection.from_snapshot(snap, self.stack.tcp_config, now, name=name)
+        # the snapshot's buffers were built for this connection alone (_resume): no copies
+        return TcpConnection.from_snapshot(snap, self.stack.tcp_config, now, name=name,
+                                           take_buffers=True)
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 

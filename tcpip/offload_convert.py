@@ -303,7 +303,7 @@ def nbl_chain_bytes(head: NET_BUFFER_LIST | Iterable[NET_BUFFER_LIST] | None) ->
     if head is None:
         return b""
     it = iter_nbls(head) if isinstance(head, NET_BUFFER_LIST) else head
-    return b"".join(bytes(n.data) for n in it)
+    return b"".join([n.data for n in it])  # views: one copy, into the result
 
 
 def tcp_state_from_snapshot(

@@ -496,7 +496,8 @@ class TcpConnection:
 
     @classmethod
     def from_snapshot(
-        cls, snap: TcbSnapshot, config: TcpConfig, now: float, *, name: str | None = None
+        cls, snap: TcbSnapshot, config: TcpConfig, now: float, *, name: str | None = None,
+        take_buffers: bool = False,
     ) -> TcpConnection:
         """Rebuild a live connection from an exported TCB (upload from an offload target).
 
@@ -544,10 +545,13 @@ class TcpConnection:
         c.rcv_nxt = snap.rcv_nxt
         c._rcv_adv = c._rcv_adv_wire = (snap.rcv_nxt + max(0, snap.rcv_wnd)) & MASK
         c._last_ack_sent = snap.rcv_nxt
-        c._sbuf = sbuf = bytearray(snap.send_data)
+        # take_buffers: the caller hands over bytearrays nobody else holds (the upload path,
+        # where the send data can be megabytes): used as the buffers, not copied
+        sd, rd = snap.send_data, snap.buffered_receive
+        c._sbuf = sbuf = sd if take_buffers and type(sd) is bytearray else bytearray(sd)
         c._sbuf_seq = una
         c._sbuf_limit = max(1, config.send_buffer, len(sbuf))
-        c._rbuf = bytearray(snap.buffered_receive)
+        c._rbuf = rd if take_buffers and type(rd) is bytearray else bytearray(rd)
         c._rbuf_limit = max(1, snap.initial_rcv_wnd)
         c._ooo = OutOfOrderQueue()
         c._ooo_fin = None

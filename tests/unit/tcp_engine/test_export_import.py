@@ -322,3 +322,25 @@ def test_connection_names_are_the_four_tuple_for_many_addresses():
         rip = bytes([10, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF])
         c = TcpConnection(cfg, LOCAL_IP, 80, rip, 1000 + i, 1, 0.0)
         assert c.name == four_tuple(LOCAL_IP, 80, rip, 1000 + i)
+
+
+def test_take_buffers_adopts_the_snapshots_bytearrays_and_the_default_copies():
+    """from_snapshot(take_buffers=True) (the upload path: megabytes of returned send data) uses
+    the snapshot's bytearrays as the connection's buffers; by default they are copied, so the
+    caller's objects stay its own."""
+    snap = busy().export_state(0.2)
+    sd, rd = bytearray(snap.send_data), bytearray(snap.buffered_receive)
+    mine = dataclasses.replace(snap, send_data=sd, buffered_receive=rd)
+    copied = TcpConnection.from_snapshot(mine, config(), 1.0)
+    assert copied._sbuf == sd and copied._sbuf is not sd and copied._rbuf is not rd
+    taken = TcpConnection.from_snapshot(mine, config(), 1.0, take_buffers=True)
+    assert taken._sbuf is sd and taken._rbuf is rd
+    # bytes (not bytearrays) are always copied into new buffers, whatever the flag
+    as_bytes = dataclasses.replace(snap, send_data=bytes(sd))
+    assert isinstance(TcpConnection.from_snapshot(as_bytes, config(), 1.0,
+                                                  take_buffers=True)._sbuf, bytearray)
+    # and the adopted buffers work: the rest of the data goes out, the received bytes read
+    assert taken.receive(100) == b"abc"
+    taken.on_segment(SEND(seq=R + 3, ack=BASE + 2 * MSS, window=60000), 1.0)
+    sent = b"".join(s.payload for s in recv(taken, 1.0))
+    assert len(sent) > 0 and sent == DATA[2 * MSS: 2 * MSS + len(sent)]
