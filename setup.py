@@ -2,10 +2,11 @@
 
 ``pip install -e .`` and ``python setup.py build_ext --inplace`` both build
 ``offload_target._ctable`` (the table, _ctable.c, and its data path, _datapath.c, sharing
-_ctable.h).  Environment:
+_ctable.h) and ``vnic._tapio`` (the TAP's TX/RX rings and their threads, _tapio.c).
+Environment:
 
 - ``VNIC_SANITIZE=1``: build with AddressSanitizer + UndefinedBehaviorSanitizer
-  (``scripts/asan-tests.sh`` does this in a scratch copy and runs the table tests).
+  (``scripts/asan-tests.sh`` does this in a scratch copy and runs the table and ring tests).
 - ``VNIC_DEBUG=1``: keep ``assert()`` (undefine NDEBUG) and build with ``-O0 -g``.
 """
 
@@ -38,6 +39,14 @@ setup(
             depends=["offload_target/_ctable.h"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
+            undef_macros=UNDEF,
+        ),
+        Extension(
+            # the TAP's TX/RX rings served by C threads (vnic/tap.py, docs/internals.md)
+            "vnic._tapio",
+            sources=["vnic/_tapio.c"],
+            extra_compile_args=CFLAGS + ["-pthread"],
+            extra_link_args=LDFLAGS + ["-pthread"],
             undef_macros=UNDEF,
         ),
     ],

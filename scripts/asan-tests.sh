@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run the connection-table and data-path tests against offload_target._ctable (the table,
-# _ctable.c, and its data path, _datapath.c) built with AddressSanitizer and
+# _ctable.c, and its data path, _datapath.c) and the TAP ring tests against vnic._tapio (the
+# TX/RX rings and their threads, _tapio.c), both built with AddressSanitizer and
 # UndefinedBehaviorSanitizer.  Any sanitizer report fails the run.
 #
 # How:
-#   1. Copy the table sources and tests to a scratch directory and build the extension there
+#   1. Copy the sources and tests to a scratch directory and build both extensions there
 #      with VNIC_SANITIZE=1 (setup.py adds -fsanitize=address,undefined
 #      -fno-sanitize-recover=all -fno-omit-frame-pointer -g).  The checkout's own in-place
 #      build is never replaced: a sanitized .so imported by a normal interpreter aborts
@@ -13,7 +14,9 @@
 #      signed-integer overflow must be caught (a sanitizer run that cannot fail proves nothing).
 #   3. Run tests/offload_target -- the table's tests, the data path's (test_datapath*.py: unit,
 #      pair with the Python engine, hypothesis fuzz of the frame parser) and the miniport's,
-#      which drive the same C code -- with the scratch copy first on PYTHONPATH, libasan
+#      which drive the same C code -- and tests/unit/test_tapio.py (both rings over a
+#      SOCK_SEQPACKET pair: long runs, backpressure, close while busy, fork, bad arguments,
+#      leaks) -- with the scratch copy first on PYTHONPATH, libasan
 #      preloaded
 #      (CPython itself is not built with ASan, so its runtime must be the first library
 #      loaded), and these options:
@@ -53,13 +56,15 @@ mkdir -p "$SRC/tests" "$WORK/reports"
 cp -r offload_target setup.py pyproject.toml "$SRC/"
 cp tests/__init__.py "$SRC/tests/"
 cp -r tests/offload_target "$SRC/tests/"
+mkdir -p "$SRC/tests/unit"
+cp tests/unit/test_tapio.py "$SRC/tests/unit/"
 # The data-path and miniport tests use the pure-Python packages (tcpip codecs and TCP engine
 # as the peer, ndis, vnic): they are imported from the scratch copy too.
 cp -r tcpip ndis vnic "$SRC/"
-rm -f "$SRC"/offload_target/*.so
+rm -f "$SRC"/offload_target/*.so "$SRC"/vnic/*.so
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 
-echo "[asan] building offload_target._ctable with -fsanitize=address,undefined"
+echo "[asan] building offload_target._ctable and vnic._tapio with -fsanitize=address,undefined"
 (cd "$SRC" && VNIC_SANITIZE=1 "$PY" setup.py -q build_ext --inplace --build-temp "$WORK/build" \
     >"$WORK/build.log" 2>&1) || { cat "$WORK/build.log" >&2; exit 1; }
 
@@ -116,10 +121,21 @@ case "$LOADED" in
     "$SRC"/offload_target/_ctable*" c") echo "[asan] testing $LOADED" ;;
     *) echo "[asan] the sanitized build is not the one imported: $LOADED" >&2; exit 1 ;;
 esac
+LOADED=$(cd "$SRC" && LD_PRELOAD="$LIBASAN" "$PY" -c 'import vnic._tapio as m; print(m.__file__)')
+case "$LOADED" in
+    "$SRC"/vnic/_tapio*) echo "[asan] testing $LOADED" ;;
+    *) echo "[asan] the sanitized build is not the one imported: $LOADED" >&2; exit 1 ;;
+esac
+# the sanitized _tapio really is instrumented (linked against the ASan runtime)
+# (ldd's output is kept first: grep -q exiting early would fail the pipe under pipefail)
+DEPS=$(ldd "$SRC"/vnic/_tapio*.so)
+if ! grep -q libasan <<<"$DEPS"; then
+    echo "[asan] vnic._tapio was built without AddressSanitizer" >&2; exit 1
+fi
 
 status=0
 (cd "$SRC" && LD_PRELOAD="$LIBASAN" "$PY" -m pytest -p no:cacheprovider --capture=sys -q \
-    tests/offload_target "$@") 2>"$WORK/stderr.log" || status=$?
+    tests/offload_target tests/unit/test_tapio.py "$@") 2>"$WORK/stderr.log" || status=$?
 cat "$WORK/stderr.log" >&2
 if [ -n "$(reports)" ] || grep -Eq "$SAN_MARKERS" "$WORK/stderr.log"; then
     echo "[asan] sanitizer reports:" >&2
@@ -131,4 +147,4 @@ if [ "$status" -ne 0 ]; then
     echo "[asan] tests failed (exit status $status)" >&2
     exit "$status"
 fi
-echo "[asan] table and data-path tests passed under ASan + UBSan, no sanitizer report"
+echo "[asan] table, data-path and TAP ring tests passed under ASan + UBSan, no sanitizer report"

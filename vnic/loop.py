@@ -1,6 +1,7 @@
 """The real-time run loop: one thread, one TAP fd, one FrameNode.
 
-Each iteration sleeps in ``select`` until the fd is readable or the earliest deadline (node, held
+Each iteration sleeps in ``select`` until the port's fd is readable (the TAP fd, or with the TAP's
+rings the RX ring's eventfd: :mod:`vnic.tap`) or the earliest deadline (node, held
 frames, ``deadline_sources``) passes, then does one work pass: read every waiting frame and deliver
 it (``receive_frame``), release frames the fault injectors held back, run the ``on_step`` hooks
 (e.g. the NDIS completion queue), call ``node.poll(now)`` and write what it returns. The
@@ -8,8 +9,9 @@ it (``receive_frame``), release frames the fault injectors held back, run the ``
 
 Orientation: "outbound" is node -> port (``host->peer`` on a lab, ``WireFaults.a_to_b``),
 "inbound" is port -> node (``peer->host``, ``WireFaults.b_to_a``). Capture happens at the TAP
-fd: inbound frames as read (before faults), outbound frames as written (after faults), so the
-pcapng shows what the kernel peer sent and received.
+fd: inbound frames as read (before faults), outbound frames as written (after faults; with the
+TAP's rings: as queued on the TX ring, which writes them in order), so the pcapng shows what the
+kernel peer sent and received.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ Annotator = Callable[[str, bytes], "str | None"]
 
 
 class FramePort(Protocol):
-    """What the loop needs from a TAP device (or anything fd-backed that moves frames)."""
+    """What the loop needs from a TAP device (or anything fd-backed that moves frames).
+    ``fileno()`` must be readable whenever ``read_frames`` has something to return."""
 
     def fileno(self) -> int: ...
 
@@ -89,6 +92,9 @@ class RunLoop:
         #: callables returning the next time a hook needs an iteration (or None)
         self.deadline_sources: list[Callable[[], float | None]] = []
         self._fd = port.fileno()
+        # a port that writes a burst itself (TapDevice.write_frames) and counts the bytes
+        self._write_frames = (getattr(port, "write_frames", None)
+                              if hasattr(port, "bytes_written") else None)
         # frames held by fault delays: (release_time, seq, outbound?, frame)
         self._delayed: list[tuple[float, int, bool, bytes]] = []
         self._seq = 0
@@ -208,7 +214,14 @@ class RunLoop:
             hook(now)
         out = self.node.poll(now)
         if out:
-            if self.faults is None and self.capture is None:
+            if self.faults is None and self.capture is None and self._write_frames is not None:
+                port = self.port
+                b0 = port.bytes_written  # type: ignore[attr-defined]
+                n = self._write_frames(out)
+                st.frames_out += n
+                st.write_drops += len(out) - n
+                st.bytes_out += port.bytes_written - b0  # type: ignore[attr-defined]
+            elif self.faults is None and self.capture is None:
                 write = self.port.write
                 for frame in out:
                     if write(frame):

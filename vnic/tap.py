@@ -5,10 +5,27 @@ namespace); this side is a non-blocking file descriptor carrying whole Ethernet 
 (``IFF_TAP | IFF_NO_PI``: no packet-information header; a virtio-net header only with
 ``offload=True``, see :mod:`vnic.vnet`).
 
-This sits on the per-frame path, so the hot methods are deliberately plain: one ``os.read`` per
-frame until ``EAGAIN`` (``os.read`` allocates exactly one ``bytes`` object per frame, which is
-cheaper in CPython than ``readv`` into a preallocated buffer followed by a copy), and one
-``os.write`` per frame.
+Two ways to move the frames:
+
+* **rings** (``rings=True``, the default; ``VNIC_TAP_RINGS=0`` in the environment changes the
+  default): like a NIC's DMA engines, two C threads (:mod:`vnic._tapio`) do the TAP's
+  syscalls concurrently with the run loop.  ``write`` / ``write_frames`` copy frames into a
+  :class:`~vnic._tapio.TxRing`, whose writer thread writes each one (``write(2)``, with the
+  kernel peer's receive processing that runs inside that syscall); a reader thread reads
+  frames (``read(2)``) into an :class:`~vnic._tapio.RxRing` that ``read_frames`` takes from, and
+  ``fileno()`` is the RX ring's eventfd (readable while frames wait), so the loop's
+  ``select`` works unchanged.  A frame the kernel refuses is dropped by the writer and counted
+  in ``write_drops`` (later, not in the return value of the write that queued it).
+* **direct** (``rings=False``): the run loop's thread does the syscalls itself; the hot
+  methods are deliberately plain: one ``os.read`` per frame until ``EAGAIN`` (``os.read``
+  allocates exactly one ``bytes`` object per frame, which is cheaper in CPython than ``readv``
+  into a preallocated buffer followed by a copy), and one ``os.write`` per frame
+  (``write_frames`` for a burst; a TAP takes one frame per write).
+
+Both apply to every frame the device moves (host stack and offloaded data path alike) and
+both work with the virtio-net header mode (``offload=True``): with rings, each TX entry is
+built from :func:`vnic.vnet.outbound_parts` (header + frame pieces, copied into the ring by
+the C side) and :func:`vnic.vnet.complete_inbound` runs on what the RX ring returns.
 """
 
 from __future__ import annotations
@@ -21,6 +38,11 @@ import struct
 from types import TracebackType
 
 from vnic import vnet
+
+try:
+    from vnic import _tapio
+except ImportError:  # pragma: no cover - the extension is not built
+    _tapio = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +62,20 @@ OFFLOAD_READ_SIZE = 65536 + 128
 #: VLAN-tagged or slightly larger frames intact, and frames longer than this are truncated by the
 #: kernel, never split.
 DEFAULT_READ_SIZE = 2048
+
+#: environment variable that sets the default of ``TapDevice(rings=...)``: "0" or "1"
+RINGS_ENV = "VNIC_TAP_RINGS"
+#: bytes of each ring (TX and RX)
+RING_BYTES = 4 << 20
+
+
+def default_rings() -> bool:
+    """``rings`` when the caller does not say: ``$VNIC_TAP_RINGS`` ("0"/"1"), else on when
+    the C extension is built."""
+    env = os.environ.get(RINGS_ENV, "").strip()
+    if env in ("0", "1"):
+        return env == "1" and _tapio is not None
+    return _tapio is not None
 
 
 class TapError(OSError):
@@ -63,16 +99,30 @@ class TapDevice:
         "frames_written",
         "bytes_read",
         "bytes_written",
-        "write_drops",
+        "_write_drops",
+        "_ring_drops",
+        "_tx",
+        "_rx",
+        "_fileno",
     )
 
     def __init__(self, name: str, *, read_size: int = DEFAULT_READ_SIZE, offload: bool = False,
-                 mtu: int = 1500) -> None:
+                 mtu: int = 1500, rings: bool | None = None) -> None:
         """``offload=True`` opens the device with a virtio-net header and turns on TCP
         segmentation and checksum offload (:mod:`vnic.vnet`): reads may return TCP
-        super-segments up to 64 KiB, writes may pass them (longer than ``mtu``)."""
+        super-segments up to 64 KiB, writes may pass them (longer than ``mtu``).
+        ``rings``: frame I/O in C threads through TX/RX rings (module docstring); ``None``
+        = :func:`default_rings`."""
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ - 1} bytes")
+        if rings is None:
+            rings = default_rings()
+        elif rings and _tapio is None:
+            raise TapError(errno.ENOSYS, "rings=True needs the vnic._tapio extension (build it)")
+        self._tx = None
+        self._rx = None
+        self._fd = -1
+        self._fileno = -1
         self.name = name
         self.offload = offload
         self.mtu = mtu
@@ -81,7 +131,8 @@ class TapDevice:
         self.frames_written = 0
         self.bytes_read = 0
         self.bytes_written = 0
-        self.write_drops = 0
+        self._write_drops = 0
+        self._ring_drops = 0
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -106,15 +157,58 @@ class TapDevice:
             os.close(fd)
             raise TapError(errno.EINVAL, f"kernel named the TAP {actual!r}, wanted {name!r}")
         self._fd = fd
-        log.debug("opened TAP %s fd=%d", name, fd)
+        self._fileno = fd
+        if rings:
+            try:
+                self._tx = _tapio.TxRing(fd, RING_BYTES)
+                self._rx = _tapio.RxRing(fd, RING_BYTES, self.read_size)
+            except BaseException:
+                self.close()
+                raise
+            self._fileno = self._rx.fileno()
+        log.debug("opened TAP %s fd=%d%s", name, fd, " with rings" if rings else "")
 
     # -- the hot path -------------------------------------------------------------------------
 
     def fileno(self) -> int:
-        return self._fd
+        """What to ``select`` on for input: the TAP fd, or with rings the RX ring's eventfd."""
+        return self._fileno
+
+    @property
+    def rings(self) -> bool:
+        """Frame I/O through the C rings (see the module docstring)."""
+        return self._rx is not None
+
+    @property
+    def write_drops(self) -> int:
+        """Frames the kernel refused: counted at the write, or by the TX ring's writer."""
+        tx = self._tx
+        return self._write_drops + self._ring_drops + (tx.stats()["errors"] if tx else 0)
+
+    def ring_stats(self) -> dict[str, dict[str, object]] | None:
+        """``{"tx": TxRing.stats(), "rx": RxRing.stats()}``, or ``None`` without rings."""
+        if self._tx is None or self._rx is None:
+            return None
+        return {"tx": self._tx.stats(), "rx": self._rx.stats()}
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued frame went to the kernel (``True`` at once without rings);
+        ``False`` if ``timeout`` seconds passed first."""
+        return True if self._tx is None else bool(self._tx.flush(timeout))
 
     def read_frames(self, max_frames: int = 64) -> list[bytes]:
         """Every frame waiting on the descriptor (up to ``max_frames``); ``[]`` when none."""
+        rx = self._rx
+        if rx is not None:
+            frames = rx.take(max_frames)
+            if frames:
+                if self.offload:
+                    complete = vnet.complete_inbound
+                    hl = vnet.VNET_HDR_LEN
+                    frames = [complete(raw[:hl], raw[hl:]) for raw in frames]
+                self.frames_read += len(frames)
+                self.bytes_read += sum(map(len, frames))
+            return frames
         if self.offload:
             return self._read_offloaded(max_frames)
         fd = self._fd
@@ -151,8 +245,8 @@ class TapDevice:
 
     def read_frame(self) -> bytes | None:
         """One frame or ``None`` when nothing is waiting."""
-        if self.offload:
-            frames = self._read_offloaded(1)
+        if self.offload or self._rx is not None:
+            frames = self.read_frames(1)
             return frames[0] if frames else None
         try:
             frame = os.read(self._fd, self.read_size)
@@ -163,35 +257,84 @@ class TapDevice:
         return frame
 
     def write(self, frame: bytes) -> bool:
-        """Inject one Ethernet frame into the kernel; ``False`` (counted) if the kernel refused."""
+        """Inject one Ethernet frame into the kernel; ``False`` (counted) if the kernel refused.
+        With rings: queue it (``True``); a refusal is counted in ``write_drops`` later."""
+        tx = self._tx
+        if tx is not None:
+            tx.submit([vnet.outbound_parts(frame, self.mtu) if self.offload else frame])
+            self.frames_written += 1
+            self.bytes_written += len(frame)
+            return True
         try:
             if self.offload:
-                if len(frame) > 14 + self.mtu:
-                    frame = bytearray(frame)
-                os.writev(self._fd, (vnet.outbound_header(frame, self.mtu), frame))
+                os.writev(self._fd, vnet.outbound_parts(frame, self.mtu))
             else:
                 os.write(self._fd, frame)
-        except BlockingIOError:
-            self.write_drops += 1
-            return False
         except OSError as exc:
-            # EINVAL/EIO for malformed frames (e.g. shorter than an Ethernet header): a wire
-            # would drop them too, so count instead of raising into the run loop.
-            if exc.errno in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.ENOBUFS):
-                self.write_drops += 1
-                log.debug("TAP %s refused a %d-byte frame: %s", self.name, len(frame), exc)
-                return False
-            raise
+            self._refused(frame, exc)
+            return False
         self.frames_written += 1
         self.bytes_written += len(frame)
         return True
 
+    def _refused(self, frame: bytes, exc: OSError) -> None:
+        if isinstance(exc, BlockingIOError):
+            self._write_drops += 1
+            return
+        # EINVAL/EIO for malformed frames (e.g. shorter than an Ethernet header): a wire
+        # would drop them too, so count instead of raising into the run loop.
+        if exc.errno in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.ENOBUFS):
+            self._write_drops += 1
+            log.debug("TAP %s refused a %d-byte frame: %s", self.name, len(frame), exc)
+            return
+        raise exc
+
     def write_frames(self, frames: list[bytes]) -> int:
-        """Write several frames; returns how many the kernel accepted."""
+        """Write a burst of frames; returns how many the kernel accepted.  A TAP takes one
+        frame per ``write`` (the kernel peer's receive processing runs inside it), so this is
+        still one syscall per frame, with the per-frame Python work kept to the minimum; with
+        offload, super-segments go out whole (TSO) without being copied.  With rings: one
+        copy of the burst into the TX ring (all accepted; refusals counted later)."""
+        tx = self._tx
+        if tx is not None:
+            if self.offload:
+                parts = vnet.outbound_parts
+                mtu = self.mtu
+                tx.submit([parts(frame, mtu) for frame in frames])
+            else:
+                tx.submit(frames)
+            self.frames_written += len(frames)
+            self.bytes_written += sum(map(len, frames))
+            return len(frames)
+        fd = self._fd
         ok = 0
-        for frame in frames:
-            if self.write(frame):
-                ok += 1
+        nbytes = 0
+        try:
+            if self.offload:
+                writev = os.writev
+                parts = vnet.outbound_parts
+                mtu = self.mtu
+                for frame in frames:
+                    try:
+                        writev(fd, parts(frame, mtu))
+                    except OSError as exc:
+                        self._refused(frame, exc)
+                        continue
+                    ok += 1
+                    nbytes += len(frame)
+            else:
+                write = os.write
+                for frame in frames:
+                    try:
+                        write(fd, frame)
+                    except OSError as exc:
+                        self._refused(frame, exc)
+                        continue
+                    ok += 1
+                    nbytes += len(frame)
+        finally:  # counted even when an unexpected error ends the burst
+            self.frames_written += ok
+            self.bytes_written += nbytes
         return ok
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -200,9 +343,21 @@ class TapDevice:
     def closed(self) -> bool:
         return self._fd < 0
 
+    def _close_rings(self) -> None:
+        """Stop the ring threads (frames still queued for TX are discarded, as a NIC reset
+        would); they must be gone before the TAP fd is closed."""
+        tx, rx, self._tx, self._rx = self._tx, self._rx, None, None
+        if tx is not None:
+            tx.close()
+            self._ring_drops += tx.stats()["errors"]
+        if rx is not None:
+            rx.close()
+
     def close(self) -> None:
+        self._close_rings()
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
+            self._fileno = -1
             os.close(fd)
             log.debug("closed TAP %s", self.name)
 
@@ -219,10 +374,12 @@ class TapDevice:
 
     def __del__(self) -> None:
         try:
+            self._close_rings()
             if self._fd >= 0:
                 os.close(self._fd)
         except (AttributeError, OSError):
             pass
 
     def __repr__(self) -> str:
-        return f"TapDevice({self.name!r}, fd={self._fd})"
+        rings = ", rings" if self._rx is not None else ""
+        return f"TapDevice({self.name!r}, fd={self._fd}{rings})"
