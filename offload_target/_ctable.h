@@ -92,8 +92,9 @@ typedef struct {
     uint32_t neighbor_id;
 
     /* Reserved for buffer offsets; always 0.  The data path (_datapath.c) keeps a connection's
-     * send/receive rings in a side structure (ct_dp.conns[slot]) allocated at activate(), so a
-     * connection without a running data path costs exactly this slot. */
+     * state in a side structure (ct_dp.conns[slot]) allocated at activate(), and its send and
+     * receive rings apart, allocated when data needs them; so a connection without a running
+     * data path costs exactly this slot. */
     uint32_t send_buffer_offset;          /* 0xC0 */
     uint32_t receive_buffer_offset;
 } ct_slot;                                /* 0xC8 = 200 bytes */

@@ -39,7 +39,8 @@
  *                   ├── ct_conn *conns[capacity] ──► ct_conn (only for activated slots)
  *                   │        ├── MACs, VLAN, MSS, flags, RTT timing, NewReno, TS delta ...
  *                   │        ├── send ring   sbuf[ssize]:  byte 0 (at shead) = SND.UNA,
- *                   │        │                slen = unacked + unsent bytes (grows on demand)
+ *                   │        │                slen = unacked + unsent bytes; allocated at
+ *                   │        │                the first send_append (4 KiB), doubled as needed
  *                   │        │     SND.UNA      SND.NXT            SND.UNA+slen (= FIN seq)
  *                   │        │       |--sent------|---not yet sent----|
  *                   │        └── receive ring rbuf[rsize]: rlen in-order bytes from rhead
@@ -47,8 +48,12 @@
  *                   │         rhead      rhead+rlen (= RCV.NXT)       + RcvWnd
  *                   │           |--in order--|..ooo..##..ooo###.......|
  *                   │             out-of-order bytes sit at their final place, the OOO list
- *                   │             (<= ooo_segments ranges) says which; rsize covers
- *                   │             rlen + RcvWnd at all times, so nothing is ever copied twice
+ *                   │             (<= ooo_segments ranges) says which.  Logically the ring
+ *                   │             has rlim bytes (>= rlen + RcvWnd at all times); physically
+ *                   │             rsize bytes, allocated when the first data arrives (4 KiB)
+ *                   │             and doubled (up to rlim, unwrapping the live span: rlen +
+ *                   │             the out-of-order bytes) when a segment needs bytes beyond
+ *                   │             it; a failed allocation drops that segment (rcv_alloc_drops)
  *                   ├── timer heap: (earliest of the slot's five deadlines, slot), min-heap
  *                   │     with heap_pos[capacity]: next_deadline() O(1), updates O(log n)
  *                   ├── pending[]: handles whose output must run at the next poll()
@@ -93,6 +98,7 @@ enum { UR_RECEIVED_URGENT_DATA = 5, UR_TIMEOUT_EXPIRATION = 8, UR_UPLOAD_REQUEST
 #define TH_URG 0x20
 
 #define DP_OOO_LIMIT 64             /* largest ooo_segments configure() accepts */
+#define DP_RING_MIN 4096u           /* first allocation of a send / receive ring (bytes) */
 #define DP_MAX_CWND 0x3FFFFFFFu
 /* largest tso_max configure() accepts: a super-segment's IPv4 total length must fit 16 bits
  * (65535 - 20 IPv4 - 60 TCP header); the segment payload is also capped per frame */
@@ -122,12 +128,16 @@ typedef struct ct_conn {
     uint16_t mss;                   /* send MSS: min(RemoteMss, mtu - 40) - 12 with timestamps */
     uint8_t snd_shift, rcv_shift;   /* window scale shifts in use (0 without window scaling) */
 
-    /* send ring: byte 0 (at shead) is SND.UNA */
+    /* send ring: byte 0 (at shead) is SND.UNA; sbuf[ssize] is what is allocated (NULL / 0
+     * until the first send_append), grown by doubling to hold slen */
     uint8_t *sbuf;
     uint32_t ssize, shead, slen;
-    /* receive ring: rlen in-order bytes at rhead, then the window */
+    /* receive ring: rlen in-order bytes at rhead, then the window.  rlim is the ring's logical
+     * size (rlen + RcvWnd <= rlim, rcap + window-scale unit <= rlim); rbuf[rsize] is what is
+     * allocated (NULL / 0 until data arrives), grown by doubling up to rlim when a segment
+     * needs bytes beyond it */
     uint8_t *rbuf;
-    uint32_t rsize, rhead, rlen, rcap;
+    uint32_t rsize, rhead, rlen, rcap, rlim;
 
     dp_range ooo[DP_OOO_LIMIT];
     uint32_t nooo;
@@ -177,7 +187,7 @@ typedef struct {
     uint64_t frames_in, consumed, not_ours, pass_up, bad_checksum, malformed, paws_drops,
         unacceptable, dup_segments, ooo_segments, ooo_dropped, challenge_acks, rsts_in,
         frames_out, data_frames_out, retransmits, fast_retransmits, timeouts, window_probes,
-        keepalive_probes, acks_out, ts_missing, tso_frames_out;
+        keepalive_probes, acks_out, ts_missing, tso_frames_out, rcv_alloc_drops;
 } dp_counters_t;
 
 struct ct_dp {
@@ -515,6 +525,9 @@ backoff(const ct_dp *dp, uint32_t rto, uint32_t n)
 static void
 ring_read(const uint8_t *buf, uint32_t size, uint32_t head, uint32_t off, uint8_t *dst, uint32_t n)
 {
+    if (n == 0) {
+        return;                     /* (an unallocated ring has size 0) */
+    }
     uint32_t pos = (uint32_t)(((uint64_t)head + off) % size);
     uint32_t first = umin(n, size - pos);
     memcpy(dst, buf + pos, first);
@@ -524,28 +537,67 @@ ring_read(const uint8_t *buf, uint32_t size, uint32_t head, uint32_t off, uint8_
 static void
 ring_write(uint8_t *buf, uint32_t size, uint32_t head, uint32_t off, const uint8_t *src, uint32_t n)
 {
+    if (n == 0) {
+        return;
+    }
     uint32_t pos = (uint32_t)(((uint64_t)head + off) % size);
     uint32_t first = umin(n, size - pos);
     memcpy(buf + pos, src, first);
     memcpy(buf, src + first, n - first);
 }
 
-/* Re-allocate a ring to newsize bytes, its content linearised from offset 0. */
+/* Re-allocate a ring to newsize bytes: its first `live` bytes (from head; live <= old size
+ * and <= newsize) are copied to offset 0 of the new buffer, the rest is undefined.  On failure
+ * (-1, no exception set) the ring is unchanged. */
 static int
-ring_grow(uint8_t **buf, uint32_t *size, uint32_t *head, uint32_t newsize)
+ring_grow(uint8_t **buf, uint32_t *size, uint32_t *head, uint32_t newsize, uint32_t live)
 {
-    uint8_t *nb = PyMem_Malloc(newsize);
+    uint8_t *nb = PyMem_Malloc(newsize ? newsize : 1);
     if (nb == NULL) {
         return -1;
     }
-    if (*size) {
-        ring_read(*buf, *size, *head, 0, nb, *size);
-    }
+    ring_read(*buf, *size, *head, 0, nb, live);
     PyMem_Free(*buf);
     *buf = nb;
     *size = newsize;
     *head = 0;
     return 0;
+}
+
+/* The size a ring grows to so that it holds need bytes: doubling from its current size
+ * (DP_RING_MIN for an unallocated ring), at least need, at most limit (need <= limit). */
+static uint32_t
+ring_next_size(uint32_t size, uint64_t need, uint64_t limit)
+{
+    uint64_t ns = size ? size : DP_RING_MIN;
+    while (ns < need) {
+        ns *= 2;
+    }
+    return (uint32_t)u64min(ns, limit);
+}
+
+/* Bytes of the receive ring in use from rhead: the in-order bytes, then the window up to the
+ * end of the highest out-of-order range (the ranges are sorted). */
+static inline uint32_t
+rcv_live(const ct_slot *s, const ct_conn *c)
+{
+    return c->rlen + (c->nooo ? c->ooo[c->nooo - 1].end - s->RcvNxt : 0);
+}
+
+/* Make the receive ring's allocation hold need bytes from rhead (need <= rlim): grow it by
+ * doubling, capped at rlim, unwrapping the live span into the new buffer.  -1 (no exception
+ * set, ring unchanged) when the allocation fails. */
+static int
+rcv_reserve(const ct_slot *s, ct_conn *c, uint64_t need)
+{
+    if (need <= c->rsize) {
+        return 0;
+    }
+    if (need > c->rlim) {
+        return -1;                  /* (cannot happen: segments are cut to the window) */
+    }
+    return ring_grow(&c->rbuf, &c->rsize, &c->rhead, ring_next_size(c->rsize, need, c->rlim),
+                     rcv_live(s, c));
 }
 
 /* ------------------------------------------------------------ windows ---- */
@@ -583,7 +635,7 @@ advertise_window(ct_slot *s, ct_conn *c)
     if (field > 0xFFFF) {
         field = 0xFFFF;
     }
-    uint32_t room = c->rsize - c->rlen;
+    uint32_t room = c->rlim - c->rlen;
     if (((uint64_t)field << c->rcv_shift) > room) {
         /* rounding up would overrun the ring: round down, and keep accepting up to the right
          * edge already advertised (RcvWnd never shrinks; the peer just sees a bit less) */
@@ -1338,6 +1390,16 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
         *errp |= err;
         return;
     }
+    if (plen && rcv_reserve(s, c, (uint64_t)c->rlen + (seq - s->RcvNxt) + plen) < 0) {
+        /* no memory for the ring to grow: drop the segment (data and FIN) as a NIC out of
+         * buffers would; the peer retransmits it */
+        dp->cnt.rcv_alloc_drops++;
+        if (c->ack_now) {
+            PENDING();
+        }
+        *errp |= err;
+        return;
+    }
     if (seq == s->RcvNxt) {
         int filled = 0;
         if (plen) {
@@ -1896,19 +1958,16 @@ dp_activate(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     uint32_t prelen = pre ? pre->rlen : 0;
     c->rcap = umax(umax(dp->receive_buffer, s->RcvWnd), s->InitialRcvWnd);
     c->rcap = (uint32_t)u64min((uint64_t)c->rcap + prelen, 0x7FFF0000u);
-    c->rsize = c->rcap + (1u << c->rcv_shift);
-    c->ssize = dp->send_buffer;
-    c->sbuf = PyMem_Malloc(c->ssize);
-    c->rbuf = PyMem_Malloc(c->rsize);
-    if (c->sbuf == NULL || c->rbuf == NULL) {
-        conn_free(c);
-        return PyErr_NoMemory();
-    }
+    c->rlim = c->rcap + (1u << c->rcv_shift);
+    /* the rings are allocated when data needs them (send_append, a segment); BufferedData
+     * given before activate() becomes the receive ring as it is (prelen + 1 <= rlim) */
     if (prelen) {
-        memcpy(c->rbuf, pre->rbuf, prelen);
+        c->rbuf = pre->rbuf;
+        c->rsize = pre->rsize;
         c->rlen = prelen;
+        pre->rbuf = NULL;
     }
-    if (s->RcvWnd > c->rsize) {
+    if (s->RcvWnd > c->rlim) {
         s->RcvWnd = c->rcap;
     }
     if (ttl) {
@@ -2087,12 +2146,9 @@ dp_send_append(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     uint32_t n = (uint32_t)view.len;
-    if (c->slen + n > c->ssize) {
-        uint64_t ns = c->ssize;
-        while (ns < (uint64_t)c->slen + n) {
-            ns *= 2;
-        }
-        if (ring_grow(&c->sbuf, &c->ssize, &c->shead, (uint32_t)u64min(ns, 0x80000000u)) < 0) {
+    if ((uint64_t)c->slen + n > c->ssize) {
+        uint32_t ns = ring_next_size(c->ssize, (uint64_t)c->slen + n, 0x80000000u);
+        if (ring_grow(&c->sbuf, &c->ssize, &c->shead, ns, c->slen) < 0) {
             PyBuffer_Release(&view);
             return PyErr_NoMemory();
         }
@@ -2248,15 +2304,23 @@ dp_receive_buffered(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     uint32_t n = (uint32_t)view.len;
-    if (need > c->rsize) {
-        if (ring_grow(&c->rbuf, &c->rsize, &c->rhead, (uint32_t)need) < 0) {
+    /* the logical size grows as the ring did before it was allocated lazily; the allocation
+     * must hold the live span and the new bytes in front of it */
+    uint32_t rlim = umax(c->rlim, (uint32_t)need);
+    uint64_t phys = (uint64_t)rcv_live(s, c) + n;
+    if (phys > c->rsize) {
+        if (ring_grow(&c->rbuf, &c->rsize, &c->rhead, ring_next_size(c->rsize, phys, rlim),
+                      rcv_live(s, c)) < 0) {
             PyBuffer_Release(&view);
             return PyErr_NoMemory();
         }
     }
+    c->rlim = rlim;
     /* BufferedData ends at RcvNxt: it goes before anything received since */
-    c->rhead = (uint32_t)(((uint64_t)c->rhead + c->rsize - n) % c->rsize);
-    ring_write(c->rbuf, c->rsize, c->rhead, 0, view.buf, n);
+    if (n) {
+        c->rhead = (uint32_t)(((uint64_t)c->rhead + c->rsize - n) % c->rsize);
+        ring_write(c->rbuf, c->rsize, c->rhead, 0, view.buf, n);
+    }
     c->rlen += n;
     c->rcap = umax(c->rcap, c->rlen + s->RcvWnd);
     PyBuffer_Release(&view);
@@ -2728,7 +2792,7 @@ dp_counters(CTable *self, PyObject *Py_UNUSED(ignored))
         "paws_drops", "unacceptable", "dup_segments", "ooo_segments", "ooo_dropped",
         "challenge_acks", "rsts_in", "frames_out", "data_frames_out", "retransmits",
         "fast_retransmits", "timeouts", "window_probes", "keepalive_probes", "acks_out",
-        "ts_missing", "tso_frames_out"};
+        "ts_missing", "tso_frames_out", "rcv_alloc_drops"};
     dp_counters_t zero;
     memset(&zero, 0, sizeof(zero));
     const dp_counters_t *cn = self->dp ? &self->dp->cnt : &zero;
@@ -2854,12 +2918,22 @@ ct_dp_validate(CTable *t)
             && slot_min_deadline(s) != CT_TIMER_STOPPED) {
             FAIL("slot %u has a running timer but is not in the heap", (unsigned)i);
         }
-        if (c->slen > c->ssize || (c->ssize && c->shead >= c->ssize)) {
-            FAIL("slot %u: send ring out of bounds", (unsigned)i);
+        if (c->slen > c->ssize || (c->ssize && c->shead >= c->ssize)
+            || (c->ssize == 0) != (c->sbuf == NULL) || (c->ssize == 0 && c->shead != 0)) {
+            FAIL("slot %u: send ring out of bounds (slen %u, head %u, allocated %u)",
+                 (unsigned)i, (unsigned)c->slen, (unsigned)c->shead, (unsigned)c->ssize);
         }
-        if (c->rhead >= c->rsize || (uint64_t)c->rlen + s->RcvWnd > c->rsize) {
-            FAIL("slot %u: receive ring cannot hold rlen %u + RcvWnd %u (size %u)",
-                 (unsigned)i, (unsigned)c->rlen, (unsigned)s->RcvWnd, (unsigned)c->rsize);
+        if ((uint64_t)c->rlen + s->RcvWnd > c->rlim
+            || (uint64_t)c->rcap + (1u << c->rcv_shift) > c->rlim) {
+            FAIL("slot %u: receive ring cannot hold rlen %u + RcvWnd %u (capacity %u, "
+                 "logical size %u)", (unsigned)i, (unsigned)c->rlen, (unsigned)s->RcvWnd,
+                 (unsigned)c->rcap, (unsigned)c->rlim);
+        }
+        if (c->rsize > c->rlim || (c->rsize == 0) != (c->rbuf == NULL)
+            || (c->rsize ? c->rhead >= c->rsize : c->rhead != 0)) {
+            FAIL("slot %u: receive ring allocation out of bounds (head %u, allocated %u, "
+                 "logical size %u)", (unsigned)i, (unsigned)c->rhead, (unsigned)c->rsize,
+                 (unsigned)c->rlim);
         }
         if (seq_gt(s->SndUna, s->SndNxt) || seq_gt(s->SndNxt, s->SndMax)) {
             FAIL("slot %u: not SndUna <= SndNxt <= SndMax (%u %u %u)", (unsigned)i,
@@ -2878,6 +2952,10 @@ ct_dp_validate(CTable *t)
             if (k && !seq_gt(r->seq, c->ooo[k - 1].end)) {
                 FAIL("slot %u: out-of-order ranges overlap or are unsorted", (unsigned)i);
             }
+        }
+        if (rcv_live(s, c) > c->rsize) {
+            FAIL("slot %u: receive ring holds %u bytes from its head beyond its allocation %u",
+                 (unsigned)i, (unsigned)rcv_live(s, c), (unsigned)c->rsize);
         }
     }
     if (inheap != dp->heap_n) {
