@@ -1262,6 +1262,10 @@ static PyMethodDef table_methods[] = {
     {"disconnect", FASTCALL(dp_disconnect), METH_FASTCALL,
      "disconnect($self, handle, graceful, now_ticks, /)\n--\n\n"
      "Graceful: FIN after the queued data; abortive: RST now (at the next poll)."},
+    {"set_receive_held", FASTCALL(dp_set_receive_held), METH_FASTCALL,
+     "set_receive_held($self, handle, nbytes, /)\n--\n\n"
+     "Received bytes taken for an indication the host did not accept, held by the miniport:\n"
+     "still the target's, so the advertised window leaves room for them (T.2)."},
     {"stop_sending", (PyCFunction)dp_stop_sending, METH_O,
      "stop_sending($self, handle, /)\n--\n\n"
      "d.6 invalidate: no more transmission (data, ACKs, retransmissions, probes, keepalives)\n"

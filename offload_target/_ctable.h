@@ -234,6 +234,7 @@ PyObject *dp_events(CTable *self, PyObject *ignored);
 PyObject *dp_disconnect(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_set_terminating(CTable *self, PyObject *handle);
 PyObject *dp_stop_sending(CTable *self, PyObject *handle);
+PyObject *dp_set_receive_held(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_set_route(CTable *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 PyObject *dp_flush_acks(CTable *self, PyObject *handle);
 PyObject *dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs);

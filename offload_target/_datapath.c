@@ -138,6 +138,9 @@ typedef struct ct_conn {
      * needs bytes beyond it */
     uint8_t *rbuf;
     uint32_t rsize, rhead, rlen, rcap, rlim;
+    /* bytes taken from the ring for an indication the host did not accept, kept by the
+     * miniport (set_receive_held): still the target's, so they count against the window */
+    uint32_t held;
 
     dp_range ooo[DP_OOO_LIMIT];
     uint32_t nooo;
@@ -230,18 +233,52 @@ static inline void wr32(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
-/* RFC 1071 one's-complement sum, folded later. */
+/* RFC 1071 one's-complement sum of p[0..n) as big-endian 16-bit words (an odd last byte is
+ * the high half of a word), added to sum; folded later (csum_fold).  Every call but the last of
+ * a checksum must cover an even number of bytes.
+ *
+ * Eight bytes per step in native byte order: the one's-complement sum does not depend on the
+ * width of the words added as long as the carries are folded back in (RFC 1071 2(C); 2^16 is
+ * 1 modulo 0xFFFF), nor on byte order as long as the folded result is swapped back to network
+ * order at the end (RFC 1071 2(B)).  The 64-bit accumulator cannot overflow: each step adds at
+ * most 2^33 - 2, so it would take more than 2^30 steps (8 GiB). */
 static uint32_t
 csum_add(uint32_t sum, const uint8_t *p, size_t n)
 {
-    size_t i = 0;
-    for (; i + 1 < n; i += 2) {
-        sum += ((uint32_t)p[i] << 8) | p[i + 1];
+    uint64_t acc = 0;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        acc += (w & 0xFFFFFFFFu) + (w >> 32);
+        p += 8;
+        n -= 8;
     }
-    if (i < n) {
-        sum += (uint32_t)p[i] << 8;
+    while (n >= 2) {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        acc += h;
+        p += 2;
+        n -= 2;
     }
-    return sum;
+    if (n) {
+        const uint8_t last[2] = {p[0], 0};
+        uint16_t h;
+        memcpy(&h, last, 2);
+        acc += h;
+    }
+    while (acc >> 16) {
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    const uint32_t folded = (uint32_t)acc;
+#else
+    const uint32_t folded = (uint32_t)(((acc & 0xFF) << 8) | (acc >> 8));
+#endif
+    /* keep sum from overflowing across many calls: fold it too before adding */
+    while (sum >> 16) {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    return sum + folded;
 }
 
 static inline uint16_t
@@ -621,7 +658,8 @@ fin_sent(const ct_slot *s, const ct_conn *c)
 static uint32_t
 advertise_window(ct_slot *s, ct_conn *c)
 {
-    uint32_t free_ = c->rcap > c->rlen ? c->rcap - c->rlen : 0;
+    uint64_t used = (uint64_t)c->rlen + c->held;
+    uint32_t free_ = c->rcap > used ? (uint32_t)(c->rcap - used) : 0;
     uint32_t w = s->RcvWnd;
     if (free_ > w && free_ - w >= umin(c->rcap / 2, c->mss)) {
         w = free_;
@@ -2233,7 +2271,8 @@ dp_receive_take(CTable *self, PyObject *const *args, Py_ssize_t nargs)
          * TIME_WAIT) no data can follow, and an update sent to a peer that already closed
          * from LAST_ACK is answered with a RST (RFC 9293 3.10.7.1) */
         ct_slot *s = &self->slots[idx];
-        uint32_t free_ = c->rcap > c->rlen ? c->rcap - c->rlen : 0;
+        uint64_t used = (uint64_t)c->rlen + c->held;
+        uint32_t free_ = c->rcap > used ? (uint32_t)(c->rcap - used) : 0;
         int peer_may_send = s->State == ST_ESTABLISHED || s->State == ST_FIN_WAIT_1
                             || s->State == ST_FIN_WAIT_2;
         if (free_ > s->RcvWnd && free_ - s->RcvWnd >= umin(c->rcap / 2, c->mss)
@@ -2536,6 +2575,28 @@ dp_stop_sending(CTable *self, PyObject *handle)
     }
     c->quiet = 1;
     heap_fix(self, idx);
+    Py_RETURN_NONE;
+}
+
+/* set_receive_held(handle, nbytes, /): the miniport holds nbytes of received data it took
+ * from the ring for an indication the host did not (fully) accept (T.2: the target keeps
+ * what was not consumed).  They are still the target's: the advertised window leaves room
+ * for them, so a host that does not read cannot make the window reopen (flow control). */
+PyObject *
+dp_set_receive_held(CTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t idx, held;
+    ct_conn *c;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "set_receive_held() takes 2 arguments (handle, nbytes), "
+                     "%zd given", nargs);
+        return NULL;
+    }
+    if (get_u32(args[1], "nbytes", 0, 0xFFFFFFFFu, &held) < 0
+        || require_conn(self, args[0], &idx, &c) < 0) {
+        return NULL;
+    }
+    c->held = held;
     Py_RETURN_NONE;
 }
 

@@ -1390,13 +1390,24 @@ class OffloadTarget(Miniport):
         return avail
 
     def _take(self, obj: TcpObject, n: int) -> bytes:
+        held = len(obj.rx_held)
         out = bytes(obj.rx_held[:n])
         del obj.rx_held[:n]
         if len(out) < n:
             out += bytes(self.table.receive_take(obj.handle, n - len(out)))
         if out and self.faults.take_duplicate(obj):
             obj.rx_held[:0] = out  # fault hook: this data is delivered to the host once more
+        if len(obj.rx_held) != held:
+            self._sync_held(obj)
         return out
+
+    def _sync_held(self, obj: TcpObject) -> None:
+        """Tell the data path how many received bytes wait in ``rx_held``: they are still
+        the target's (T.2), so its advertised window must leave room for them -- otherwise a
+        host that does not accept indications would make the window reopen and the target
+        buffer without limit."""
+        if self.datapath and obj.handle in self.tcps and self.table.is_active(obj.handle):
+            self.table.set_receive_held(obj.handle, len(obj.rx_held))
 
     def _note_ip_id(self, frames: list[bytes]) -> list[bytes]:
         """Remember the IPv4 identification of the newest frame the data path built (the C
@@ -1464,6 +1475,7 @@ class OffloadTarget(Miniport):
                 obj.indicated.pop(id(nbl), None)  # not accepted: the NBL stays ours
                 keep = data[consumed:] if status == NdisStatus.OFFLOAD_DATA_PARTIALLY_ACCEPTED else data
                 obj.rx_held[:0] = keep  # the target keeps what was not consumed
+                self._sync_held(obj)
                 obj.indicate_blocked = True  # wait for a post (T.2)
                 if not obj.posts:
                     return

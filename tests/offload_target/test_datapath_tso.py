@@ -222,8 +222,11 @@ def test_module_internet_checksum_matches_the_python_one():
     rng = random.Random(6)
     cases = [b"", b"\x00", b"\xff", bytes(7), b"\xff" * 9, b"\xff\xff", bytes(65536)]
     cases += [rng.randbytes(n) for n in (*range(1, 40), 1499, 1500, 65535, 65536, 70001)]
+    # beyond 128 KiB a 32-bit sum of 16-bit words would lose carries; all-0xFF data makes the
+    # running sum as large as it gets; unaligned views start at odd addresses
+    cases += [b"\xff" * 300_001, rng.randbytes(1 << 20), memoryview(rng.randbytes(4099))[1:]]
     for data in cases:
-        for initial in (0, 1, 0xFFFF, 0x1FFFE, rng.randrange(1 << 20)):
+        for initial in (0, 1, 0xFFFF, 0x1FFFE, rng.randrange(1 << 20), 0xFFFFFFFF):
             assert _ctable.internet_checksum(data, initial) == internet_checksum(data, initial)
             assert _ctable.internet_checksum(memoryview(data)) == internet_checksum(data)
     with pytest.raises(TypeError):

@@ -294,3 +294,47 @@ def test_invalidated_neighbor_stops_the_target_sending_then_the_host_resumes() -
     assert invalidated["target_frames_after"] == 0
     assert bytes(w.read_exactly(w.peer, pr, len(data))) == data
     w.checker.assert_clean()
+
+
+def test_refused_indications_keep_the_window_closed_for_a_slow_application() -> None:
+    """T.2 flow control: data the host did not accept stays the target's (held for the next
+    post), so the target's advertised window must leave room for it.  A slow application
+    (4 KiB every 5 ms) with a small host receive limit: what the target holds must stay
+    within its receive buffer -- not grow each time it moves data out of its ring for an
+    indication the host only partly accepts (which would reopen the window every time)."""
+    import dataclasses
+
+    w = World(9)
+    w.chimney.policy = dataclasses.replace(w.chimney.policy, receive_limit=64 * 1024)
+    hr, hw, pr, pw = w.connect()
+    sock = w.offload(hw)
+    rec = w.chimney.records[sock.key]
+    data = payload(4_000_000, 6)
+    got = bytearray()
+    most = {"target": 0, "host": 0}
+
+    async def slow_reader() -> None:
+        while len(got) < len(data):
+            chunk = await hr.read(4096)
+            if not chunk:
+                return
+            got.extend(chunk)
+            await w.host.scheduler.sleep(0.005)
+
+    w.host.scheduler.spawn(slow_reader())
+    obj = next(iter(w.target.tcps.values()))
+
+    def watch(_now: float) -> None:
+        if obj.handle in w.target.tcps:
+            at_target = len(obj.rx_held) + w.target.table.receive_available(obj.handle)
+            most["target"] = max(most["target"], at_target)
+            most["host"] = max(most["host"], len(rec.rbuf))
+
+    w.wire.on_step.append(watch)
+    pw.write(data)
+    w.wire.run_until(lambda: False, 2.0)
+    assert 0 < len(got) < len(data) // 2  # still reading: the limits were tested under load
+    assert most["host"] <= 64 * 1024
+    assert most["target"] <= (1 << 20) + 65536, most  # the target's receive buffer (+ rounding)
+    assert sock.offload_state.name == "OFFLOADED"
+    w.checker.assert_clean()

@@ -135,6 +135,18 @@ class FakeDataPathTable:
         self.conns[handle].route = kw
         self.calls.append(("set_route", handle, kw))
 
+    def is_active(self, handle: int) -> bool:
+        c = self.conns.get(handle)
+        return bool(c is not None and c.activated)
+
+    def set_receive_held(self, handle: int, nbytes: int) -> None:
+        self.conns[handle].held = nbytes
+        self.calls.append(("set_receive_held", handle, nbytes))
+
+    def stop_sending(self, handle: int) -> None:
+        self.conns[handle].stopped = True
+        self.calls.append(("stop_sending", handle))
+
     def send_append(self, handle: int, data: bytes) -> int:
         c = self.conns[handle]
         n = max(0, min(len(data), self.send_buffer - len(c.send_buf)))

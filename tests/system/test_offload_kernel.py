@@ -138,7 +138,7 @@ def test_offload_mid_transfer_to_the_kernel_peer(offload_lab: OffloadKernelLab, 
         kl.watch.phase = f"host{i}"
         w = kl.watch.phase_conn(f"offloaded{i}", sock.local_port)
         assert w.out_from_target > 0 and w.out_from_host == 0, w  # the target ran it
-        assert sock.state.name == "ESTABLISHED"
+        assert sock.state.name == "ESTABLISHED", (i, state["sent"].count, state["got"].count)
         assert w.out_data_bytes_from_target > 0 and w.in_data_bytes > 0
         assert kl.oh.target.tcp_count == 0 and sock.offload_state is OffloadState.IN_HOST
     kl.run_until(lambda: (state["eof"] and state["write_done"]) or state["error"] is not None,
