@@ -44,7 +44,7 @@ from tcpip import streams
 from tcpip.offload import ChimneyPolicy
 from tcpip.offload_socket import TcpSocket
 from vnic.offload_lab import OffloadHost, build_offload_host, has_datapath
-from vnic.payload import PayloadStream, StreamDigest
+from vnic.payload import DeferredDigest, PayloadStream
 
 Progress = Callable[[str], None]
 RunUntil = Callable[[Callable[[], bool], float], bool]
@@ -89,66 +89,6 @@ class _NodeTimer:
 
     def next_deadline(self) -> float | None:
         return self.node.next_deadline()  # type: ignore[no-any-return]
-
-
-class DeferredDigest(StreamDigest):
-    """A :class:`StreamDigest` that counts at once and hashes later.
-
-    ``update`` counts the chunk's bytes and keeps them: copied into the reserved buffer while
-    it has room (:meth:`reserve`), else as a reference (a copy if the chunk is mutable).  The
-    SHA-256 runs over the kept bytes, in arrival order, at :meth:`flush` or :meth:`hexdigest`:
-    the digest of the same bytes in the same order, only the time of the hashing moves, so the
-    benchmark can do it outside its timed phases (hashing both ends inside them cost about a
-    quarter of the offloaded phase).
-
-    Why a reserved buffer: keeping every received chunk alive makes each new chunk fresh
-    memory, and first-touch page faults cost about as much as hashing; copying into a buffer
-    touched before the phase (and reused after each flush) costs a memcpy.
-    """
-
-    __slots__ = ("_pending", "_arena", "_used")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending: list[bytes] = []  # after the reserved buffer's bytes
-        self._arena = bytearray()
-        self._used = 0
-
-    def reserve(self, nbytes: int) -> None:
-        """Make room for ``nbytes`` not yet hashed bytes now (touching the memory)."""
-        if nbytes > len(self._arena):
-            # b"\x01" * n writes every page (bytearray(n) would leave them to first touch)
-            self._arena.extend(b"\x01" * (nbytes - len(self._arena)))
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        n = len(data)
-        end = self._used + n
-        if not self._pending and end <= len(self._arena):
-            self._arena[self._used:end] = data
-            self._used = end
-        else:
-            self._pending.append(data if type(data) is bytes else bytes(data))  # (buffer reuse)
-        self.count += n
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes counted and not hashed yet."""
-        return self._used + sum(map(len, self._pending))
-
-    def flush(self) -> None:
-        """Hash the kept bytes now (in arrival order) and drop them."""
-        h = self._h
-        if self._used:
-            with memoryview(self._arena) as view:
-                h.update(view[:self._used])
-            self._used = 0
-        for chunk in self._pending:
-            h.update(chunk)
-        self._pending.clear()
-
-    def hexdigest(self) -> str:
-        self.flush()
-        return super().hexdigest()
 
 
 class _Connection:
@@ -392,9 +332,12 @@ def _tap_direction(lab: Any, size: int, direction: str, say: Progress) -> dict[s
         return loop.run_until(pred, timeout)
 
     mode = "sink" if direction == "up" else "source"
+    # --offline-digest: the kernel side's payload generation and SHA-256 run before and after
+    # the transfer (as the host side's do, DeferredDigest), not on the CPU the transfer needs
     agent = PeerAgent.start(lab, mode, "--port", str(PORT), "--connections", "1",
                             "--size", str(2 * size), "--seed", str(PEER_SEED),
-                            "--accept-timeout", str(PHASE_TIMEOUT))
+                            "--accept-timeout", str(PHASE_TIMEOUT), "--offline-digest",
+                            "--expect", str(2 * size if direction == "up" else 0))
     try:
         if not run_until(lambda: agent.poll_result() is not None or agent.ready is not None
                          or agent.proc.poll() is not None, 15.0) or agent.ready is None:

@@ -10,6 +10,11 @@ Modes (``--connect HOST`` makes any of them open actively instead of listening):
 - ``connect`` shorthand for ``--role`` (default ``both``) with ``--connect HOST``;
 - ``ping``    ICMP echo to ``--connect HOST`` (raw socket) and report the replies.
 
+For throughput benchmarks, ``--offline-digest`` keeps the agent's own work out of the transfer:
+the payload of every connection is generated and hashed before ``ready``, and received bytes are
+copied into a buffer (``--expect BYTES`` reserves it) and hashed after EOF.  Same report, same
+digests; it costs memory (the whole stream).
+
 Knobs for tests: ``--pause-after BYTES --pause-for SECONDS`` stops reading for a while (zero
 window), ``--rcvbuf``/``--sndbuf``, ``--keepalive`` (+ idle/interval/count), ``--close`` order
 (``first``: FIN as soon as our sending is done; ``wait``: FIN only after the peer's FIN;
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -38,7 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vnic.payload import PayloadStream, StreamDigest, connection_seed
+from vnic.payload import DeferredDigest, PayloadStream, StreamDigest, connection_seed
 
 CHUNK = 256 * 1024
 
@@ -48,16 +54,53 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+class _Prepared:
+    """``--offline-digest`` sending: the payload generated and hashed before the transfer;
+    ``count`` bytes of it were sent (the digest is of those: the whole payload's, precomputed,
+    unless the transfer stopped early)."""
+
+    __slots__ = ("data", "count", "_full")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.count = 0
+        self._full = hashlib.sha256(data).hexdigest()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        if self.count == len(self.data):
+            return self._full
+        return hashlib.sha256(memoryview(self.data)[:self.count]).hexdigest()
+
+
+def prepare_payloads(a: argparse.Namespace, role: str) -> list[_Prepared] | None:
+    """The payloads of ``--offline-digest`` (None without it, or when this role sends
+    nothing)."""
+    if not a.offline_digest or role not in ("source", "both"):
+        return None
+    return [_Prepared(PayloadStream(connection_seed(a.seed, i), a.size).read(a.size))
+            for i in range(a.connections)]
+
+
 class ConnectionJob:
     """One connection: sender and receiver halves, each on its own thread when both run."""
 
-    def __init__(self, sock: socket.socket, index: int, args: argparse.Namespace, role: str) -> None:
+    def __init__(self, sock: socket.socket, index: int, args: argparse.Namespace, role: str,
+                 prepared: _Prepared | None = None) -> None:
         self.sock = sock
         self.index = index
         self.args = args
         self.role = role
-        self.sent = StreamDigest()
+        self.prepared = prepared
+        self.sent: StreamDigest | _Prepared = prepared if prepared is not None else StreamDigest()
         self.received = StreamDigest()
+        if getattr(args, "offline_digest", False):
+            deferred = DeferredDigest()
+            if args.expect:
+                deferred.reserve(args.expect)
+            self.received = deferred
         self.error: str | None = None
         self.aborted = False
         self.eof = False
@@ -89,6 +132,9 @@ class ConnectionJob:
 
     def _send(self) -> None:
         a = self.args
+        if self.prepared is not None:
+            self._send_prepared()
+            return
         stream = PayloadStream(connection_seed(a.seed, self.index), a.size)
         try:
             while True:
@@ -97,6 +143,22 @@ class ConnectionJob:
                     break
                 self.sock.sendall(chunk)
                 self.sent.update(chunk)
+            if a.close == "first":
+                self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fail(f"send: {exc}")
+        finally:
+            self._send_done.set()
+
+    def _send_prepared(self) -> None:
+        a, p = self.args, self.prepared
+        assert p is not None
+        try:
+            with memoryview(p.data) as view:
+                for off in range(0, len(p.data), a.chunk):
+                    chunk = view[off:off + a.chunk]
+                    self.sock.sendall(chunk)
+                    p.update(chunk)
             if a.close == "first":
                 self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -194,6 +256,7 @@ def _configure(sock: socket.socket, a: argparse.Namespace) -> None:
 
 
 def _serve(a: argparse.Namespace, role: str) -> list[ConnectionJob]:
+    prepared = prepare_payloads(a, role)  # before "ready": not inside anyone's measurement
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     _configure(listener, a)  # buffer sizes are inherited by accepted sockets (window scale!)
@@ -213,7 +276,8 @@ def _serve(a: argparse.Namespace, role: str) -> list[ConnectionJob]:
                 break
             sock, _ = listener.accept()
             _configure(sock, a)
-            job = ConnectionJob(sock, len(jobs), a, role)
+            i = len(jobs)
+            job = ConnectionJob(sock, i, a, role, prepared[i] if prepared else None)
             jobs.append(job)
             t = threading.Thread(target=job.run, daemon=True)
             t.start()
@@ -226,6 +290,7 @@ def _serve(a: argparse.Namespace, role: str) -> list[ConnectionJob]:
 
 
 def _connect(a: argparse.Namespace, role: str) -> list[ConnectionJob]:
+    prepared = prepare_payloads(a, role)
     _emit({"event": "ready", "mode": role, "connect": f"{a.connect}:{a.port}", "pid": os.getpid()})
     jobs: list[ConnectionJob] = []
     threads = []
@@ -244,7 +309,7 @@ def _connect(a: argparse.Namespace, role: str) -> list[ConnectionJob]:
             sock.close()
             continue
         sock.settimeout(None)
-        job = ConnectionJob(sock, i, a, role)
+        job = ConnectionJob(sock, i, a, role, prepared[i] if prepared else None)
         jobs.append(job)
         t = threading.Thread(target=job.run, daemon=True)
         t.start()
@@ -314,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1 << 20, help="bytes to send per connection")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunk", type=int, default=CHUNK)
+    p.add_argument("--offline-digest", action="store_true",
+                   help="generate and hash the payload before 'ready', hash what arrives after "
+                        "EOF: the agent's work stays out of the transfer (benchmarks)")
+    p.add_argument("--expect", type=int, default=0,
+                   help="with --offline-digest: bytes to reserve for what arrives")
     p.add_argument("--pause-after", type=int, help="stop reading after this many bytes ...")
     p.add_argument("--pause-for", type=float, default=1.0, help="... for this many seconds")
     p.add_argument("--abort-after", type=int, help="RST after receiving this many bytes")

@@ -246,6 +246,29 @@ def test_peer_agent_sink_source_over_veth() -> None:
         assert conn["eof"]
 
 
+@pytest.mark.parametrize("expect", [0, 3_000_000])
+def test_peer_agent_offline_digest_reports_the_same_digests(expect: int) -> None:
+    """--offline-digest (benchmarks): payload generated and hashed before 'ready', received
+    bytes hashed after EOF (into a reserved buffer with --expect, else kept as chunks): the
+    same byte counts and SHA-256 values as the inline mode, both roles, both ways."""
+    size = 2_500_000
+    with VethPair() as pair:
+        with PeerAgent.start(pair.ns_b, "both", "--port", "5004", "--size", str(size),
+                             "--seed", "31", "--offline-digest", "--expect", str(expect)) as srv:
+            srv.wait_ready()
+            with PeerAgent.start(pair.ns_a, "connect", "--connect", pair.ip_b, "--port", "5004",
+                                 "--size", str(size + 7), "--seed", "41", "--offline-digest",
+                                 "--expect", str(expect)) as cli:
+                c = cli.wait_result(30)
+            s = srv.wait_result(30)
+    assert c["ok"] and s["ok"], (c, s)
+    cc, sc = c["connections"][0], s["connections"][0]
+    assert cc["bytes_sent"] == sc["bytes_received"] == size + 7
+    assert cc["sha256_sent"] == sc["sha256_received"] == payload_digest(41, size + 7)
+    assert sc["bytes_sent"] == cc["bytes_received"] == size
+    assert sc["sha256_sent"] == cc["sha256_received"] == payload_digest(31, size)
+
+
 def test_peer_agent_both_and_knobs_over_veth() -> None:
     with VethPair() as pair:
         # both directions at once, the listener pauses reading (zero window) then resumes

@@ -1,4 +1,4 @@
-"""``vnic.bench_offload.DeferredDigest``: hashing after the timed phase gives the digest of
+"""``vnic.payload.DeferredDigest``: hashing after the timed phase gives the digest of
 exactly the bytes counted, in their order, whatever the reserve and however the caller reuses
 its buffers."""
 
@@ -9,8 +9,7 @@ import random
 
 import pytest
 
-from vnic.bench_offload import DeferredDigest
-from vnic.payload import StreamDigest
+from vnic.payload import DeferredDigest, StreamDigest
 
 
 def _chunks(seed: int) -> list[bytes]:
