@@ -1284,8 +1284,9 @@ static PyMethodDef table_methods[] = {
      "26 items per handle, in order: State, RcvNxt, RcvWnd, SndUna, SndNxt, SndMax, SndWnd,\n"
      "MaxSndWnd, SendWL1, CWnd, SsThresh, SRtt, RttVar, TsRecent, TsRecentAge, TsTime,\n"
      "TotalRT, DupAckCount, SndWndProbeCount, KeepAliveProbeCount, KeepAliveTimeoutDelta,\n"
-     "RetransmitCount, RetransmitTimeoutDelta, DWnd, send_data, buffered: the values export()\n"
-     "reports (and writes back into the slots).  Every handle is checked first\n"
+     "RetransmitCount, RetransmitTimeoutDelta, DWnd, send_bytes, buffered: the values export()\n"
+     "reports (and writes back into the slots), with send_bytes = len(send_data) instead of a\n"
+     "copy of the send data.  Every handle is checked first\n"
      "(StaleHandleError / ValueError as export()); on an error nothing is exported."},
     {"is_active", (PyCFunction)dp_is_active, METH_O,
      "is_active($self, handle, /)\n--\n\nTrue once activate() ran for this connection."},

@@ -2754,8 +2754,11 @@ dp_export(CTable *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* export_many() returns one flat list: per handle EXPORT_ROW items, the values of export() in
- * the order of its docstring, then send_data and buffered (flat: no container object per
- * connection for the garbage collector to track). */
+ * the order of its docstring, then send_bytes and buffered (flat: no container object per
+ * connection for the garbage collector to track).  send_bytes is the length of export()'s
+ * send_data, not a copy: at terminate the miniport hands back the host's own send NBLs (T.3),
+ * and copying megabytes of unacknowledged data only to count them would sit in the handoff
+ * gap. */
 #define EXPORT_ROW_VALUES 24
 #define EXPORT_ROW (EXPORT_ROW_VALUES + 2)
 
@@ -2818,11 +2821,18 @@ dp_export_many(CTable *self, PyObject *const *args, Py_ssize_t nargs)
             }
             PyList_SET_ITEM(out, base + k, o);
         }
-        PyObject *sd, *bd;
-        if (export_data(c, &sd, &bd) < 0) {
+        PyObject *sn = PyLong_FromUnsignedLong(c->slen);
+        if (sn == NULL) {
             goto error;
         }
-        PyList_SET_ITEM(out, base + EXPORT_ROW_VALUES, sd);
+        PyList_SET_ITEM(out, base + EXPORT_ROW_VALUES, sn);
+        PyObject *bd = PyBytes_FromStringAndSize(NULL, c->rlen);
+        if (bd == NULL) {
+            goto error;
+        }
+        if (c->rlen) {
+            ring_read(c->rbuf, c->rsize, c->rhead, 0, (uint8_t *)PyBytes_AS_STRING(bd), c->rlen);
+        }
         PyList_SET_ITEM(out, base + EXPORT_ROW_VALUES + 1, bd);
     }
     Py_DECREF(seq);

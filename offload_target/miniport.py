@@ -793,12 +793,12 @@ class OffloadTarget(Miniport):
         # step 5: delegated state (values as the table reports them: SRtt x8 / RttVar x4 in
         # ticks, TimeoutDelta 0xFFFFFFFF for stopped timers, TsTime = NIC time + delta)
         if row is not None:
-            table_send, table_buffered = row[24], row[25]
+            table_send_len, table_buffered = row[24], row[25]  # (a count, not the bytes)
             if is_tcp:
                 _fill_delegated(deleg, row)
         else:
             assert exported is not None
-            table_send = exported.get("send_data", b"")
+            table_send_len = len(exported.get("send_data", b""))
             table_buffered = exported.get("buffered", b"")
             if is_tcp:
                 for name, attr in _DELEGATED_FIELDS.items():
@@ -824,9 +824,9 @@ class OffloadTarget(Miniport):
         else:
             block.NetBufferListChain = None
         unappended = obj.stream_total - obj.appended_total
-        if len(table_send) + unappended != total:
+        if table_send_len + unappended != total:
             log.debug("%s: %s: table holds %d send bytes (+%d not appended), chain %d",
-                      self.name, obj.label, len(table_send), unappended, total)
+                      self.name, obj.label, table_send_len, unappended, total)
         buffered_len = 0
         if is_tcp:
             if chain:

@@ -407,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     func = getattr(args, "func", None)
+    if func is not None:
+        from vnic.alloc import keep_large_buffers_in_heap
+
+        keep_large_buffers_in_heap()  # megabyte buffers per handoff: heap, not mmap (vnic.alloc)
     if func is None:
         # `vnic`, `vnic lab`, `vnic bench` without an action: show the relevant help.
         target = {"lab": "lab", "bench": "bench"}.get(args.command or "")
