@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vnic.payload import DeferredDigest, PayloadStream, StreamDigest, connection_seed
@@ -130,36 +130,25 @@ class ConnectionJob:
             self.sock.close()
         self.aborted = True
 
-    def _send(self) -> None:
+    def _chunks(self) -> Iterator[bytes | memoryview]:
+        """What to send, chunk by chunk: slices of the prepared payload (--offline-digest),
+        else the stream generated as it goes."""
         a = self.args
         if self.prepared is not None:
-            self._send_prepared()
+            with memoryview(self.prepared.data) as view:
+                for off in range(0, len(view), a.chunk):
+                    yield view[off:off + a.chunk]
             return
         stream = PayloadStream(connection_seed(a.seed, self.index), a.size)
+        while chunk := stream.read(a.chunk):
+            yield chunk
+
+    def _send(self) -> None:
         try:
-            while True:
-                chunk = stream.read(a.chunk)
-                if not chunk:
-                    break
+            for chunk in self._chunks():
                 self.sock.sendall(chunk)
                 self.sent.update(chunk)
-            if a.close == "first":
-                self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._fail(f"send: {exc}")
-        finally:
-            self._send_done.set()
-
-    def _send_prepared(self) -> None:
-        a, p = self.args, self.prepared
-        assert p is not None
-        try:
-            with memoryview(p.data) as view:
-                for off in range(0, len(p.data), a.chunk):
-                    chunk = view[off:off + a.chunk]
-                    self.sock.sendall(chunk)
-                    p.update(chunk)
-            if a.close == "first":
+            if self.args.close == "first":
                 self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             self._fail(f"send: {exc}")

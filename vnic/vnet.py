@@ -63,25 +63,35 @@ def complete_inbound(header: bytes, frame: bytes) -> bytes:
     return b"".join((head, total.to_bytes(2, "big"), view[field + 2:]))
 
 
-def outbound_header(frame: bytes | bytearray, mtu: int) -> bytes:
-    """The virtio-net header to write before ``frame``; a TSO super-segment when the IPv4/TCP
-    frame is longer than the link MTU allows.  Rewrites the TCP checksum field of such a frame
-    in place to the pseudo-header sum (``frame`` must then be a ``bytearray``)."""
+def _gso(frame: bytes | bytearray | memoryview, mtu: int) -> tuple[bytes, int, bytes] | None:
+    """For an IPv4/TCP frame longer than the link MTU allows: (virtio-net header marking it a
+    TSO super-segment, offset of its TCP checksum field, the value that field must hold -- the
+    pseudo-header sum the kernel starts from, NEEDS_CSUM).  None for any other frame."""
     if len(frame) <= _ETH + mtu or frame[12:14] != _ETHERTYPE_IPV4 or frame[_ETH + 9] != _TCP:
-        return PLAIN_HEADER
-    if not isinstance(frame, bytearray):
-        raise TypeError("a super-segment must be passed as a bytearray (its checksum is rewritten)")
+        return None
     ihl = (frame[_ETH] & 0x0F) * 4
     tcp_start = _ETH + ihl
     tcp_header_len = (frame[tcp_start + 12] >> 4) * 4
     tcp_len = len(frame) - tcp_start
     pseudo = ones_sum(bytes(frame[_ETH + 12:_ETH + 20])) + _TCP + tcp_len
-    # NEEDS_CSUM: the kernel sums from csum_start over the segment, starting from this field
     partial = (~finish_checksum(pseudo)) & 0xFFFF
-    frame[tcp_start + 16:tcp_start + 18] = partial.to_bytes(2, "big")
-    gso_size = mtu - ihl - tcp_header_len
-    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
-                         tcp_start + tcp_header_len, gso_size, tcp_start, 16)
+    header = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                           tcp_start + tcp_header_len, mtu - ihl - tcp_header_len, tcp_start, 16)
+    return header, tcp_start + 16, partial.to_bytes(2, "big")
+
+
+def outbound_header(frame: bytes | bytearray, mtu: int) -> bytes:
+    """The virtio-net header to write before ``frame``; a TSO super-segment when the IPv4/TCP
+    frame is longer than the link MTU allows.  Rewrites the TCP checksum field of such a frame
+    in place to the pseudo-header sum (``frame`` must then be a ``bytearray``)."""
+    gso = _gso(frame, mtu)
+    if gso is None:
+        return PLAIN_HEADER
+    if not isinstance(frame, bytearray):
+        raise TypeError("a super-segment must be passed as a bytearray (its checksum is rewritten)")
+    header, field, partial = gso
+    frame[field:field + 2] = partial
+    return header
 
 
 def outbound_parts(frame: bytes | bytearray, mtu: int) -> tuple[bytes | memoryview, ...]:
@@ -89,16 +99,9 @@ def outbound_parts(frame: bytes | bytearray, mtu: int) -> tuple[bytes | memoryvi
     super-segment (as :func:`outbound_header`) the frame in pieces around its TCP checksum
     field, which is replaced by the pseudo-header sum -- without copying or changing
     ``frame`` (any bytes-like object)."""
-    if len(frame) <= _ETH + mtu or frame[12:14] != _ETHERTYPE_IPV4 or frame[_ETH + 9] != _TCP:
+    gso = _gso(frame, mtu)
+    if gso is None:
         return PLAIN_HEADER, frame
-    ihl = (frame[_ETH] & 0x0F) * 4
-    tcp_start = _ETH + ihl
-    tcp_header_len = (frame[tcp_start + 12] >> 4) * 4
-    tcp_len = len(frame) - tcp_start
-    pseudo = ones_sum(bytes(frame[_ETH + 12:_ETH + 20])) + _TCP + tcp_len
-    partial = (~finish_checksum(pseudo)) & 0xFFFF
-    field = tcp_start + 16
+    header, field, partial = gso
     view = memoryview(frame)
-    header = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
-                           tcp_start + tcp_header_len, mtu - ihl - tcp_header_len, tcp_start, 16)
-    return header, view[:field], partial.to_bytes(2, "big"), view[field + 2:]
+    return header, view[:field], partial, view[field + 2:]
