@@ -317,11 +317,19 @@ class HostStack:
 
     def attach(self, conn: TcpConnection, key: ConnKey) -> None:
         """Put ``conn`` (the detached one, or one rebuilt with ``TcpConnection.from_snapshot``)
-        back under ``key``; it is polled at once."""
+        back under ``key``.  It is polled at once when it has something to do now (output
+        pending, a timer due); otherwise its earliest timer is registered (an idle connection
+        costs nothing until then: 10,000 resumed from one terminate tree are not all polled)."""
         self._parked.pop(key, None)
         self._conns[key] = conn
         self._keys[id(conn)] = key
-        self._dirty[key] = None
+        d = conn.next_deadline()
+        if d is not None and d <= max(self._now, conn._now):
+            self._dirty[key] = None
+        elif d is not None:
+            self._deadlines[key] = d
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (d, self._timer_seq, key))
         self.scheduler.notify(conn)
         self._notify(key, conn)
 

@@ -628,7 +628,10 @@ class TcpConnection:
         c._force_send = False
         c.keepalive_probe_count = snap.keepalive_probe_count
         c._ctl = []
-        c._dirty = False
+        # unsent data (or a FIN not sent yet) is sent as soon as the connection is polled, if
+        # the windows allow, rather than when the next ACK or timer comes
+        c._dirty = len(sbuf) > ((snd_nxt - una) & MASK) or (
+            snap.fin_queued and snap.snd_max == snap.fin_seq)
         c._ack_now = False
         c._syn_pending = False
         c._unacked_bytes = 0
@@ -639,7 +642,6 @@ class TcpConnection:
         # ----
         logger.debug("%s: imported (TCB handed back)", c.name)
         c._set_state(state)
-        c._dirty = True
         return c
 
     # ---- public API --------------------------------------------------------------------------

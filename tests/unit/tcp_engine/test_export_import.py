@@ -255,7 +255,10 @@ def _reference_import(snap, cfg, now):
     if c._rto_deadline is None and c.snd_nxt != c.snd_una:
         c._rto_deadline = now + rtt.current_rto()
     c._set_state(snap.state)
-    c._dirty = True
+    # output pending only for data or a FIN not sent yet (an idle resumed connection is not
+    # polled until its timers are due: HostStack.attach)
+    c._dirty = len(c._sbuf) > (c.snd_nxt - c.snd_una) % (1 << 32) or (
+        snap.fin_queued and snap.snd_max == snap.fin_seq)
     return c
 
 
