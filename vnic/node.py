@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -34,3 +34,22 @@ class BatchFrameNode(FrameNode, Protocol):
     """
 
     def receive_frames(self, frames: Sequence[bytes], now: float) -> None: ...
+
+
+def batch_receiver(node: object) -> Callable[[Sequence[bytes], float], None] | None:
+    """``node.receive_frames`` when the batch form may be used, else None (deliver per frame).
+
+    Not when ``receive_frame`` was replaced on the instance (a test or tool intercepting
+    frames must see each one), and not when ``receive_frames`` only resolves through a
+    wrapper's ``__getattr__`` forwarding to the node it wraps (a recorder such as
+    ``vnic.offload_lab.WireWatch`` would be bypassed): the batch form must be the node's own.
+    """
+    inst = getattr(node, "__dict__", {})
+    if "receive_frame" in inst:
+        return None
+    own = inst.get("receive_frames")
+    if own is not None:
+        return own  # type: ignore[no-any-return]
+    if getattr(type(node), "receive_frames", None) is None:
+        return None
+    return node.receive_frames  # type: ignore[attr-defined, no-any-return]

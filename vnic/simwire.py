@@ -26,7 +26,7 @@ from typing import Literal
 
 from vnic.clock import VirtualClock
 from vnic.faults import FaultInjector, WireFaults
-from vnic.node import FrameNode
+from vnic.node import FrameNode, batch_receiver
 from vnic.pcapng import DIR_INBOUND, DIR_OUTBOUND, PcapngWriter
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class SimWire:
                 stats.delivered_to_b += len(frames)
             node = nodes[dst]
             # looked up per event, not cached: a test may replace a node's methods meanwhile
-            batch = (getattr(node, "receive_frames", None)
+            batch = (batch_receiver(node)
                      if len(frames) > 1 and self.capture is None else None)
             if batch is not None:
                 batch(frames, now)

@@ -155,3 +155,39 @@ def test_capture_directions_and_annotations(wire: tuple[SocketPort, socket.socke
     assert [f.direction for f in frames] == [DIR_INBOUND, DIR_OUTBOUND]
     assert frames[0].comment == "dir=peer->host component=peer epoch=7"
     assert frames[1].comment == "dir=host->peer component=host epoch=7"
+
+
+class BatchEcho(Echo):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.calls.append(1)
+        super().receive_frame(frame, now)
+
+    def receive_frames(self, frames: list[bytes], now: float) -> None:
+        self.calls.append(len(frames))
+        for f in frames:
+            Echo.receive_frame(self, f, now)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_read_burst_reaches_a_batch_node_in_one_call_unless_captured(
+        wire: tuple[SocketPort, socket.socket], capture: bool, tmp_path: Path) -> None:
+    port, far = wire
+    node = BatchEcho()
+    cap = PcapngWriter(tmp_path / "c.pcapng") if capture else None
+    loop = RunLoop(port, node, capture=cap)
+    for i in range(10):
+        far.send(b"frame%d" % i)
+    got: list[bytes] = []
+    assert loop.run_until(lambda: bool(got.extend(drain(far))) or len(got) == 10, timeout=5)
+    assert got == [b"re:frame%d" % i for i in range(10)]  # same order, same replies
+    assert loop.stats.frames_in == 10
+    assert loop.stats.bytes_in == sum(len(b"frame%d" % i) for i in range(10))
+    if capture:
+        assert set(node.calls) == {1}  # the capture writes each frame: per frame
+        cap.close()  # type: ignore[union-attr]
+    else:
+        assert max(node.calls) > 1 and sum(node.calls) == 10

@@ -270,3 +270,44 @@ def test_per_frame_hooks_keep_per_frame_delivery(kind: str, tmp_path: Path) -> N
         if w.capture is not None:
             w.capture.close()
             assert len(read_pcapng(w.capture.path)) == 2 * (4 * 7 + 1)  # and the echoes
+
+
+class Forwarding:
+    """A recorder wrapping a node and forwarding unknown attributes to it (like WireWatch)."""
+
+    def __init__(self, node: object) -> None:
+        self.node = node
+        self.seen: list[bytes] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.node, name)
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.seen.append(frame)
+        self.node.receive_frame(frame, now)  # type: ignore[attr-defined]
+
+    def poll(self, now: float) -> list[bytes]:
+        return self.node.poll(now)  # type: ignore[attr-defined, no-any-return]
+
+    def next_deadline(self) -> float | None:
+        return self.node.next_deadline()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_batches_never_bypass_a_wrapper_or_a_patched_receive_frame() -> None:
+    """The batch form is used only when it is the node's own: a wrapper whose __getattr__
+    would find the wrapped node's receive_frames, or an instance whose receive_frame was
+    replaced (a test intercepting frames), gets every frame through receive_frame."""
+    from vnic.node import batch_receiver
+
+    inner = BatchEcho()
+    wrapped = Forwarding(inner)
+    assert batch_receiver(inner) is not None and batch_receiver(wrapped) is None
+    _a, _e, _w = _burst_run(wrapped)  # type: ignore[arg-type]
+    assert len(wrapped.seen) == 4 * 7 + 1 and set(inner.calls) == {1}
+
+    patched = BatchEcho()
+    got: list[bytes] = []
+    patched.receive_frame = lambda f, now: got.append(f)  # type: ignore[method-assign]
+    assert batch_receiver(patched) is None
+    _burst_run(patched)
+    assert len(got) == 4 * 7 + 1 and patched.calls == []
