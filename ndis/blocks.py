@@ -751,11 +751,56 @@ def _ref_tree(
     return chain_blocks(*blocks)  # type: ignore[return-value]
 
 
+def _terminate_type(layer: OffloadLayer) -> int:
+    """The Header.Type ``reference_block`` gives a block followed by an empty delegated
+    structure of ``layer`` (depends only on the layer: computed once, then cached)."""
+    t = _TERMINATE_TYPE.get(layer)
+    if t is None:
+        state = _EMPTY_DELEGATED[layer]()
+        t = state_type(state) if state is not None else LAYER_FULL_TYPE[layer]
+        if layer_of_type(t) is not layer:  # type: ignore[arg-type]
+            t = LAYER_FULL_TYPE[layer]
+        t = _TERMINATE_TYPE[layer] = int(t)  # type: ignore[arg-type]
+    return t
+
+
+_TERMINATE_TYPE: dict[OffloadLayer, int] = {}
+
+
+def _terminate_chain(nodes: Sequence[OffloadNode]) -> NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST | None:
+    """``_ref_tree(nodes, <empty delegated of the node's layer>)`` written out for the
+    terminate case (one block per connection of a tree of 10,000): the same blocks, the
+    block type looked up per layer rather than derived from each state, siblings linked as
+    they are made."""
+    block_cls = NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST
+    empty = _EMPTY_DELEGATED
+    types = _TERMINATE_TYPE
+    first: NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST | None = None
+    prev: NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST | None = None
+    for node in nodes:
+        layer = node.layer
+        t = types.get(layer)
+        if t is None:
+            t = _terminate_type(layer)
+        handle = node.handle
+        b = block_cls(Type=t, state=empty[layer](), label=node.label or handle.label)
+        b._w[3] = handle  # OffloadHandle
+        children = node.children
+        if children:
+            b.DependentBlockList = _terminate_chain(children)
+        if prev is None:
+            first = b
+        else:
+            prev.NextBlock = b
+        prev = b
+    return first
+
+
 def terminate_tree(nodes: Sequence[OffloadNode]) -> NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST:
     """Terminate ``nodes`` and everything depending on them (c.3: a terminate tree that
     includes a neighbor/path includes its dependents); each block is followed by an empty
     XXX_OFFLOAD_STATE_DELEGATED for the target to fill (b.6)."""
-    root = _ref_tree(nodes, lambda n: _EMPTY_DELEGATED[n.layer]())
+    root = _terminate_chain(nodes)
     if root is None:
         raise ValueError("nothing to terminate")
     return root

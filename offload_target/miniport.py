@@ -672,27 +672,31 @@ class OffloadTarget(Miniport):
         # can hold 10,000 connections.)
         tcps = self.tcps
         block_status = self.faults.block_status
-        placeholder, reference = BlockRole.PLACEHOLDER, BlockRole.REFERENCE
         success, failure = NdisStatus.SUCCESS, NdisStatus.FAILURE
         objs: list[TcpObject] = []
         blocks: list[NDIS_MINIPORT_OFFLOAD_BLOCK_LIST] = []
         taken: set[int] = set()  # handles already collected (a block naming one again fails)
         forced_tcp: list[tuple[OffloadBlockList, int]] = []
+        terminate = Operation.TERMINATE
         for block in list_blocks(root):
             assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
-            role = block_role(block)
-            if role is placeholder:
+            # block_role (b.5), written out: no slot = placeholder; a slot holding nothing
+            # (a new offload) names no object, as a reference to nothing would
+            slot = block.MiniportOffloadContext
+            if slot is None:
                 block.Status = success
                 continue
-            obj = block.MiniportOffloadContext.value if role is reference else None  # type: ignore[union-attr]
-            forced = block_status(Operation.TERMINATE, block)
-            if isinstance(obj, TcpObject) and obj.handle in tcps and obj.handle not in taken:
-                taken.add(obj.handle)
-                objs.append(obj)
-                blocks.append(block)
-                if forced is not None:
-                    forced_tcp.append((block, forced))
-                continue
+            obj = slot.value
+            forced = block_status(terminate, block)
+            if type(obj) is TcpObject or isinstance(obj, TcpObject):
+                h = obj.handle
+                if h in tcps and h not in taken:
+                    taken.add(h)
+                    objs.append(obj)
+                    blocks.append(block)
+                    if forced is not None:
+                        forced_tcp.append((block, forced))
+                    continue
             if isinstance(obj, NeighborObject) and obj.id in self.neighbors:
                 deleg = block.state.Delegated if isinstance(block.state, NeighborOffloadState) else block.state
                 if isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
@@ -775,21 +779,31 @@ class OffloadTarget(Miniport):
         # step 5: the delegated state of every connection in one table call when it can
         export_many = getattr(t, "export_many", None)
         now_ticks = self.now_ticks
+        log_info = log.isEnabledFor(logging.INFO)  # once per tree, not per connection
+        ret = self._return_tcp_state
         if export_many is not None:
             flat = export_many([obj.handle for obj in objs], now_ticks)
             for i, obj in enumerate(objs):
-                self._return_tcp_state(obj, blocks[i], flat[i * _ROW:(i + 1) * _ROW], None)
+                o = i * _ROW
+                ret(obj, blocks[i], flat[o:o + _ROW], None, log_info)
         else:
             for i, obj in enumerate(objs):
-                self._return_tcp_state(obj, blocks[i], None, t.export(obj.handle, now_ticks))
+                ret(obj, blocks[i], None, t.export(obj.handle, now_ticks), log_info)
 
     def _return_tcp_state(self, obj: TcpObject, block: NDIS_MINIPORT_OFFLOAD_BLOCK_LIST,
-                          row: list[Any] | None, exported: dict[str, Any] | None) -> None:
+                          row: list[Any] | None, exported: dict[str, Any] | None,
+                          log_info: bool | None = None) -> None:
         """d.3 steps 5-8 for one connection: the exported values (an ``export_many`` row or an
-        ``export`` dict) into the block's DELEGATED, the send data, BufferedData, Status."""
+        ``export`` dict) into the block's DELEGATED, the send data, BufferedData, Status.
+        ``log_info``: whether INFO is enabled (the caller checks once per tree)."""
+        if log_info is None:
+            log_info = log.isEnabledFor(logging.INFO)
         state = block.state
-        deleg = state.Delegated if isinstance(state, TcpOffloadState) else state
-        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        if type(state) is TCP_OFFLOAD_STATE_DELEGATED:
+            deleg, is_tcp = state, True
+        else:
+            deleg = state.Delegated if isinstance(state, TcpOffloadState) else state
+            is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
         # step 5: delegated state (values as the table reports them: SRtt x8 / RttVar x4 in
         # ticks, TimeoutDelta 0xFFFFFFFF for stopped timers, TsTime = NIC time + delta)
         if row is not None:
@@ -862,8 +876,9 @@ class OffloadTarget(Miniport):
                 buffered_len = nbl.DataLength
         # step 8: state returned
         block.Status = NdisStatus.SUCCESS
-        log.info("%s: %s terminated (%d send bytes, %d buffered returned)", self.name, obj.label,
-                 total, buffered_len)
+        if log_info:
+            log.info("%s: %s terminated (%d send bytes, %d buffered returned)", self.name,
+                     obj.label, total, buffered_len)
 
     def _free_tcp(self, obj: TcpObject) -> None:
         """d.3 step 10 (the context object itself stays valid for late references)."""

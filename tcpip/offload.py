@@ -118,6 +118,7 @@ from tcpip.offload_convert import (
 from tcpip.offload_socket import OffloadState, TcpSocket
 from tcpip.tcb import EXPORTABLE_STATES, TcbSnapshot, TcpState
 from tcpip.tcp import TcpConnection
+from tcpip.tcp import logger as _tcp_logger
 from tcpip.tcp_segment import TcpSegment, build_tcp
 
 if TYPE_CHECKING:
@@ -1173,8 +1174,18 @@ class ChimneyHost(Protocol):
         going = {id(r) for r in recs}
         uploading = OffloadState.UPLOADING
         observers = self.observers
+        # as _set_phase, inlined (once per connection of the tree); the level is checked once
+        log_info = log.isEnabledFor(logging.INFO)
+        name = self.name
         for rec in recs:
-            self._set_phase(rec, uploading)  # V13: no sends/receives from now on
+            # V13: no sends/receives from now on
+            old = rec.phase
+            rec.phase = uploading
+            sock = rec.sock
+            if sock.engine is rec:
+                sock.offload_state = uploading
+            if log_info and old is not uploading:
+                log.info("%s: %s %s -> %s", name, rec.name, old, uploading)
             if observers:
                 self._observe("terminate-start", rec)
         # V14: a neighbor/path goes only with (in the same tree as) its last dependents
@@ -1197,8 +1208,17 @@ class ChimneyHost(Protocol):
 
         # the tree's shape, grouped once (linear in the connections, whatever the fan-out)
         tcp_nodes: dict[int, list[OffloadNode]] = {}
+        last_path: Any = None
+        nodes: list[OffloadNode] = []
         for r in recs:
-            tcp_nodes.setdefault(id(r.path), []).append(r.node)
+            pa = r.path
+            if pa is not last_path:  # (recs of one path mostly come together)
+                last_path = pa
+                got = tcp_nodes.get(id(pa))
+                if got is None:
+                    got = tcp_nodes[id(pa)] = []
+                nodes = got
+            nodes.append(r.node)
         paths_of: dict[int, list[_Shared]] = {}
         for p in paths_going:
             paths_of.setdefault(id(p.parent), []).append(p)
@@ -1232,10 +1252,12 @@ class ChimneyHost(Protocol):
         # list.remove each would be quadratic in the connections under a path)
         going: dict[int, set[int]] = {}
         paths: dict[int, _Shared] = {}
+        get = by_handle.get
+        conn_type = OffloadedConnection
         blocks = list_blocks(root)
         for block in blocks:
-            obj = by_handle.get(id(block.OffloadHandle))
-            if isinstance(obj, OffloadedConnection):
+            obj = get(id(block.OffloadHandle))
+            if type(obj) is conn_type or isinstance(obj, conn_type):
                 pa = obj.path
                 nodes = going.get(id(pa))
                 if nodes is None:
@@ -1248,25 +1270,40 @@ class ChimneyHost(Protocol):
             node = paths[k].node
             node.children = [n for n in node.children if id(n) not in nodes]
         if going:
-            # (a second pass rather than a list of the records: each is dropped once resumed)
+            # (a second pass rather than a list of the records: each record is freed as soon
+            # as it is resumed; keeping them all alive to the end tips the collector into a
+            # full collection, ~270 ms, inside the measured upload)
+            resume = self._resume
+            # the levels are checked once per tree, not per connection
+            log_info = log.isEnabledFor(logging.INFO)
+            tcp_log_info = _tcp_logger.isEnabledFor(logging.INFO)
             for block in blocks:
-                obj = by_handle.get(id(block.OffloadHandle))
-                if isinstance(obj, OffloadedConnection):
-                    self._resume(obj, block)
+                obj = get(id(block.OffloadHandle))
+                if type(obj) is conn_type or isinstance(obj, conn_type):
+                    resume(obj, block, log_info, tcp_log_info)
         for s in shared:
             self._forget_shared(s)
         self._drop_unreferenced()
 
-    def _resume(self, rec: OffloadedConnection, block: OffloadBlockList) -> None:
-        """d.3 / c.2: the host owns everything again; rebuild the connection."""
+    def _resume(
+        self, rec: OffloadedConnection, block: OffloadBlockList, log_info: bool | None = None,
+        tcp_log_info: bool | None = None,
+    ) -> None:
+        """d.3 / c.2: the host owns everything again; rebuild the connection.  ``log_info`` /
+        ``tcp_log_info``: whether INFO is enabled for this module's / the TCP engine's logger
+        (checked once per terminate tree by the caller; None: checked here)."""
+        if log_info is None:
+            log_info = log.isEnabledFor(logging.INFO)
         stack = self.stack
         now = stack.now
         counters = self.counters
         counters["uploads"] += 1
         deleg = block.state
-        if not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) and hasattr(deleg, "Delegated"):
-            deleg = deleg.Delegated
-        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        is_tcp = type(deleg) is TCP_OFFLOAD_STATE_DELEGATED
+        if not is_tcp:
+            if not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) and hasattr(deleg, "Delegated"):
+                deleg = deleg.Delegated
+            is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
         buffered_head = deleg.BufferedData if is_tcp else None
         buffered = nbl_chain_bytes(buffered_head) if buffered_head is not None else b""
         # T.3 / d.3 step 6: the send data handed back, then what the target refused, in order
@@ -1286,14 +1323,18 @@ class ChimneyHost(Protocol):
             rec.unsent = []
         else:
             send_data = bytearray()
-        self._unlink(rec, node=False)  # (node: TerminateOffloadComplete)
+        # as self._unlink(rec, node=False), written out (node: TerminateOffloadComplete)
+        self.records.pop(rec.key, None)
+        self._by_handle.pop(id(rec.handle), None)
+        rec.path.dependents.discard(id(rec))
         conn = None
         lost = block.Status != _SUCCESS or not is_tcp
         if not lost and not rec.aborted:
             try:
                 snap = snapshot_from_delegated(
-                    deleg, rec.base, send_data=send_data,
-                    buffered=rec.rbuf + buffered if rec.rbuf else bytearray(buffered), tps=self.tps,
+                    deleg, rec.base, send_data,
+                    rec.rbuf + buffered if rec.rbuf else bytearray(buffered),
+                    self.params.TicksPerSecond or DEFAULT_TICKS_PER_SECOND,  # (self.tps)
                 )
             except ConversionError as exc:
                 log.warning("%s: %s returned state unusable: %s", self.name, rec.name, exc)
@@ -1301,7 +1342,11 @@ class ChimneyHost(Protocol):
             else:
                 if snap.state in EXPORTABLE_STATES:
                     try:
-                        conn = self._import(snap, now, rec.name)
+                        # (as self._import: the snapshot's buffers were built for this
+                        # connection alone, no copies)
+                        conn = TcpConnection.from_snapshot(
+                            snap, stack.tcp_config, now, name=rec.name, take_buffers=True,
+                            log_info=tcp_log_info)
                     except ValueError as exc:
                         log.warning("%s: %s cannot be resumed: %s", self.name, rec.name, exc)
                         lost = True
@@ -1328,7 +1373,8 @@ class ChimneyHost(Protocol):
         if conn is not None:
             stack.attach(conn, rec.key)  # polled at once (it may owe a retransmission)
             rec.sock.swap(conn, _IN_HOST)
-            self._log_phase(rec, old, _IN_HOST)
+            if log_info and old is not _IN_HOST:
+                log.info("%s: %s %s -> %s", self.name, rec.name, old, _IN_HOST)
             if rec.abort_requested or rec.close_requested or rec.held:
                 self._finish_in_host(rec, conn)
             return
@@ -1343,7 +1389,8 @@ class ChimneyHost(Protocol):
             log.warning("%s: %s lost at terminate (%s)", self.name, rec.name, status_name(block.Status))
         rec._closed = True
         rec.sock.offload_state = OffloadState.IN_HOST
-        self._log_phase(rec, old, OffloadState.IN_HOST)
+        if log_info:
+            self._log_phase(rec, old, OffloadState.IN_HOST)
         rec.held.clear()
         stack.release(rec.key)
         self.stack.scheduler.notify(rec.sock)
@@ -1421,7 +1468,7 @@ class ChimneyHost(Protocol):
         self._log_phase(rec, old, new)
 
     def _log_phase(self, rec: OffloadedConnection, old: OffloadState, new: OffloadState) -> None:
-        if old is not new:
+        if old is not new and log.isEnabledFor(logging.INFO):
             log.info("%s: %s %s -> %s", self.name, rec.name, old, new)
 
     def _notify(self, rec: OffloadedConnection) -> None:

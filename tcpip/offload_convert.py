@@ -347,7 +347,6 @@ _STATE_OF = {s.value: s for s in TcpState}
 def snapshot_from_delegated(
     d: TCP_OFFLOAD_STATE_DELEGATED,
     base: TcbSnapshot,
-    *,
     send_data: bytes,
     buffered: bytes = b"",
     tps: int = DEFAULT_TICKS_PER_SECOND,
@@ -401,49 +400,53 @@ def snapshot_from_delegated(
         fin_seq = seq_add(una, -1) if state in _FIN_ACKED_STATES else seq_add(una, len(send_data))
         fin_sent = seq_diff(mx, fin_seq) > 0
     snd_wnd = d.SndWnd
+    max_snd_wnd = d.MaxSndWnd
+    ts = base.timestamps_enabled
+    # positional (field order of TcbSnapshot): a 52-keyword call costs several times more,
+    # and this runs once per connection of a terminate tree
     return TcbSnapshot(
         base.local_ip, base.local_port, base.remote_ip, base.remote_port,
         base.remote_mss, base.snd_wscale, base.rcv_wscale,
-        base.timestamps_enabled, base.sack_enabled,
+        ts, base.sack_enabled,
         base.nodelay, base.keepalive, base.keepalive_idle, base.keepalive_interval,
         base.keepalive_probes, base.initial_rcv_wnd,
-        state=state,
-        rcv_nxt=d.RcvNxt,
-        rcv_wnd=d.RcvWnd,
-        snd_una=una,
-        snd_nxt=d.SndNxt,
-        snd_max=mx,
-        snd_wnd=snd_wnd,
-        max_snd_wnd=d.MaxSndWnd if d.MaxSndWnd > snd_wnd else snd_wnd,
-        snd_wl1=d.SendWL1,
-        snd_wl2=una,  # not carried (b.13 has no SndWL2): SND.UNA is a safe WL2
-        cwnd=d.CWnd,
-        ssthresh=d.SsThresh,
-        srtt=srtt,
-        rttvar=rttvar,
-        rto=rto,
-        ts_recent=d.TsRecent,
-        ts_recent_age=d.TsRecentAge / tps if base.timestamps_enabled else None,
-        ts_time=d.TsTime,  # T.6
-        total_rt=d.TotalRT / tps,
-        dup_ack_count=d.DupAckCount,
-        snd_wnd_probe_count=d.SndWndProbeCount,
-        keepalive_probe_count=ka.ProbeCount,
-        keepalive_timeout_delta=ka_delta,
-        retransmit_count=rt.Count,
-        retransmit_timeout_delta=rexmit,
-        persist_timeout_delta=persist,
-        fin_wait_2_timeout_delta=fw2,
-        fin_queued=fin_queued,
-        fin_seq=fin_seq,
-        fin_sent=fin_sent,
-        fin_received=state in _FIN_RECEIVED_STATES,
-        in_recovery=False,
-        recover=una,
-        iss=base.iss,
-        irs=base.irs,
-        send_data=send_data,
-        buffered_receive=buffered,
+        state,  # state
+        d.RcvNxt,  # rcv_nxt
+        d.RcvWnd,  # rcv_wnd
+        una,  # snd_una
+        d.SndNxt,  # snd_nxt
+        mx,  # snd_max
+        snd_wnd,  # snd_wnd
+        max_snd_wnd if max_snd_wnd > snd_wnd else snd_wnd,  # max_snd_wnd
+        d.SendWL1,  # snd_wl1
+        una,  # snd_wl2: not carried (b.13 has no SndWL2): SND.UNA is a safe WL2
+        d.CWnd,  # cwnd
+        d.SsThresh,  # ssthresh
+        srtt,  # srtt
+        rttvar,  # rttvar
+        rto,  # rto
+        d.TsRecent,  # ts_recent
+        d.TsRecentAge / tps if ts else None,  # ts_recent_age
+        d.TsTime,  # ts_time (T.6)
+        d.TotalRT / tps,  # total_rt
+        d.DupAckCount,  # dup_ack_count
+        d.SndWndProbeCount,  # snd_wnd_probe_count
+        ka.ProbeCount,  # keepalive_probe_count
+        ka_delta,  # keepalive_timeout_delta
+        rt.Count,  # retransmit_count
+        rexmit,  # retransmit_timeout_delta
+        persist,  # persist_timeout_delta
+        fw2,  # fin_wait_2_timeout_delta
+        fin_queued,  # fin_queued
+        fin_seq,  # fin_seq
+        fin_sent,  # fin_sent
+        state in _FIN_RECEIVED_STATES,  # fin_received
+        False,  # in_recovery
+        una,  # recover
+        base.iss,  # iss
+        base.irs,  # irs
+        send_data,  # send_data
+        buffered,  # buffered_receive
     )
 
 

@@ -497,7 +497,7 @@ class TcpConnection:
     @classmethod
     def from_snapshot(
         cls, snap: TcbSnapshot, config: TcpConfig, now: float, *, name: str | None = None,
-        take_buffers: bool = False,
+        take_buffers: bool = False, log_info: bool | None = None,
     ) -> TcpConnection:
         """Rebuild a live connection from an exported TCB (upload from an offload target).
 
@@ -512,12 +512,26 @@ class TcpConnection:
         resumed in bulk, e.g. 10,000 in one terminate tree, pays for one construction, not
         for a default one and then the import).  tests/unit/tcp_engine/test_export_import.py
         checks that this sets the same attributes as ``__init__`` and the same values as
-        constructing and then overwriting."""
-        _check_snapshot(snap)
-        c = cls.__new__(cls)
+        constructing and then overwriting.
+
+        ``log_info``: whether this module's logger has INFO enabled, when the caller checked
+        it once for a batch (None: checked here); it decides the state-change log line."""
+        _check_snapshot(snap)  # the target's values are checked before anything is built
         state = snap.state
-        iss = snap.iss & MASK
         una = snap.snd_una
+        snd_nxt = snap.snd_nxt
+        snd_max = snap.snd_max
+        sd = snap.send_data
+        n_sd = len(sd)
+        fin_queued = snap.fin_queued
+        fin_seq = snap.fin_seq
+        snd_wscale = snap.snd_wscale
+        rcv_wscale = snap.rcv_wscale
+        remote_mss = snap.remote_mss
+        snd_wnd = snap.snd_wnd
+        rcv_wnd = snap.rcv_wnd
+        c = cls.__new__(cls)
+        iss = snap.iss & MASK
         # ---- as __init__, in its order
         c.config = config
         c.local_ip = snap.local_ip
@@ -527,7 +541,7 @@ class TcpConnection:
         c.name = name if name is not None else _conn_name(
             snap.local_ip, snap.local_port, snap.remote_ip, snap.remote_port)
         c.counters = TcpCounters()
-        c.state = CLOSED  # -> snap.state through _set_state below (its log line)
+        c.state = CLOSED  # -> snap.state at the end (as _set_state: its log line)
         c.eof_received = snap.fin_received
         c.reset_received = False
         c.error = None
@@ -536,33 +550,38 @@ class TcpConnection:
         c.iss = iss
         c.irs = snap.irs
         c.snd_una = una
-        c.snd_nxt = snd_nxt = snap.snd_nxt
-        c.snd_max = snap.snd_max
-        c.snd_wnd = snap.snd_wnd
-        c.max_snd_wnd = snap.max_snd_wnd if snap.max_snd_wnd > snap.snd_wnd else snap.snd_wnd
+        c.snd_nxt = snd_nxt
+        c.snd_max = snd_max
+        c.snd_wnd = snd_wnd
+        max_snd_wnd = snap.max_snd_wnd
+        c.max_snd_wnd = max_snd_wnd if max_snd_wnd > snd_wnd else snd_wnd
         c.snd_wl1 = snap.snd_wl1
         c.snd_wl2 = snap.snd_wl2
-        c.rcv_nxt = snap.rcv_nxt
-        c._rcv_adv = c._rcv_adv_wire = (snap.rcv_nxt + max(0, snap.rcv_wnd)) & MASK
-        c._last_ack_sent = snap.rcv_nxt
+        c.rcv_nxt = rcv_nxt = snap.rcv_nxt
+        c._rcv_adv = c._rcv_adv_wire = (rcv_nxt + rcv_wnd) & MASK  # (rcv_wnd >= 0: checked)
+        c._last_ack_sent = rcv_nxt
         # take_buffers: the caller hands over bytearrays nobody else holds (the upload path,
         # where the send data can be megabytes): used as the buffers, not copied
-        sd, rd = snap.send_data, snap.buffered_receive
-        c._sbuf = sbuf = sd if take_buffers and type(sd) is bytearray else bytearray(sd)
+        rd = snap.buffered_receive
+        c._sbuf = sd if take_buffers and type(sd) is bytearray else bytearray(sd)
         c._sbuf_seq = una
-        c._sbuf_limit = max(1, config.send_buffer, len(sbuf))
+        send_buffer = config.send_buffer
+        lim = send_buffer if send_buffer > n_sd else n_sd
+        c._sbuf_limit = lim if lim > 1 else 1
         c._rbuf = rd if take_buffers and type(rd) is bytearray else bytearray(rd)
-        c._rbuf_limit = max(1, snap.initial_rcv_wnd)
+        lim = snap.initial_rcv_wnd
+        c._rbuf_limit = lim if lim > 1 else 1
         c._ooo = OutOfOrderQueue()
         c._ooo_fin = None
-        c._fin_queued = snap.fin_queued
-        c._fin_seq = snap.fin_seq if snap.fin_queued else 0  # type: ignore[assignment]  # checked
+        c._fin_queued = fin_queued
+        c._fin_seq = fin_seq if fin_queued else 0  # type: ignore[assignment]  # checked
         c._close_pending = False
-        c._adv_mss = adv_mss = min(config.mss, MAX_MSS)
-        c.remote_mss = snap.remote_mss
-        c._our_wscale = snap.rcv_wscale
-        c.snd_wscale = snap.snd_wscale
-        c.rcv_wscale = snap.rcv_wscale
+        adv_mss = config.mss
+        c._adv_mss = adv_mss = adv_mss if adv_mss < MAX_MSS else MAX_MSS
+        c.remote_mss = remote_mss
+        c._our_wscale = rcv_wscale
+        c.snd_wscale = snd_wscale
+        c.rcv_wscale = rcv_wscale
         c._peer_sent_wscale = False
         c.ts_enabled = ts = snap.timestamps_enabled
         c.sack_enabled = snap.sack_enabled
@@ -571,9 +590,11 @@ class TcpConnection:
         c._ts_recent_time = None if snap.ts_recent_age is None else now - snap.ts_recent_age
         # as _update_mss
         opt = TS_OPTION_LEN if ts else 0
-        c._smss = smss = max(1, min(snap.remote_mss, adv_mss) - opt)
-        c._rcv_mss = rcv_mss = max(1, adv_mss - opt)
-        c._rcv_mss_est = min(smss, rcv_mss)
+        smss = (remote_mss if remote_mss < adv_mss else adv_mss) - opt
+        c._smss = smss = smss if smss > 1 else 1
+        rcv_mss = adv_mss - opt
+        c._rcv_mss = rcv_mss = rcv_mss if rcv_mss > 1 else 1
+        c._rcv_mss_est = smss if smss < rcv_mss else rcv_mss
         c.nodelay = snap.nodelay
         c.keepalive = snap.keepalive
         c.keepalive_idle = snap.keepalive_idle
@@ -630,8 +651,7 @@ class TcpConnection:
         c._ctl = []
         # unsent data (or a FIN not sent yet) is sent as soon as the connection is polled, if
         # the windows allow, rather than when the next ACK or timer comes
-        c._dirty = len(sbuf) > ((snd_nxt - una) & MASK) or (
-            snap.fin_queued and snap.snd_max == snap.fin_seq)
+        c._dirty = n_sd > ((snd_nxt - una) & MASK) or (fin_queued and snd_max == fin_seq)
         c._ack_now = False
         c._syn_pending = False
         c._unacked_bytes = 0
@@ -639,9 +659,15 @@ class TcpConnection:
         c._challenge_start = -1e18
         c._challenge_count = 0
         c._oow_last = -1e18
-        # ----
-        logger.debug("%s: imported (TCB handed back)", c.name)
-        c._set_state(state)
+        # ---- as _set_state(state) from CLOSED (state is exportable, never CLOSED; no
+        # on_state_change hook yet): its one INFO line, only when that level is on (the call
+        # itself costs, in a resume of 10,000 connections)
+        if log_info is None:
+            log_info = logger.isEnabledFor(logging.INFO)
+        if log_info:
+            logger.debug("%s: imported (TCB handed back)", c.name)
+            logger.info("%s: %s -> %s", c.name, CLOSED, state)
+        c.state = state
         return c
 
     # ---- public API --------------------------------------------------------------------------

@@ -496,6 +496,28 @@ def test_phase_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(OffloadedConnection, type)
 
 
+def test_upload_logs_the_resumed_connections_state_change(caplog: pytest.LogCaptureFixture) -> None:
+    # the levels are checked once per terminate tree; the INFO lines are still written
+    rig = Rig(26)
+    hr, hw, pr, pw = rig.connect()
+    sock = rig.sock(hw)
+    rig.offload_and_wait(sock)
+    with caplog.at_level(logging.INFO, logger="tcpip.tcp"):
+        rig.upload_and_wait(sock)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tcpip.tcp"]
+    assert any(sock.name in ln and "CLOSED -> ESTABLISHED" in ln for ln in lines), lines
+
+
+def test_upload_logs_nothing_per_connection_when_info_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(27)
+    hr, hw, pr, pw = rig.connect()
+    sock = rig.sock(hw)
+    rig.offload_and_wait(sock)
+    with caplog.at_level(logging.WARNING):
+        rig.upload_and_wait(sock)
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+
+
 def test_sends_refused_with_upload_in_progress_are_resent_in_order() -> None:
     rig = Rig(25)
     hr, hw, pr, pw = rig.connect()
