@@ -334,6 +334,8 @@ class _Watch:
     host_ack_dist: int = 0
     host_data_dist: int = 0
     host_data_id: int | None = None  # unwrapped identification of host_data's frame
+    # the peer's highest ACK (offset in the outbound stream) seen before host_data's frame
+    host_data_peer_ack: int | None = None
     active: bool = True  # file-order fallback (no marks): until the next offload-start
     # the event's IPv4-identification marks and the next offload-start's (the watch window's
     # end), unwrapped (:class:`_Serial`); None = unknown
@@ -654,6 +656,7 @@ class _Verifier:
             if payload and (w.host_data is None or dist < w.host_data_dist):
                 w.host_data, w.host_data_dist = (seq, number), dist
                 w.host_data_id = uid
+                w.host_data_peer_ack = c.streams[OUT].ack_off
             return
 
     def _target_after_fallback(self, c: _Conn, w: _Watch, number: int, ident: int, seq: int,
@@ -701,6 +704,14 @@ class _Verifier:
                 # segment cannot be judged; whether the bytes from SndNxt reached the peer in
                 # the end (retransmitted by the host or, after a re-offload, by the target) is
                 # stream-complete's question
+                pass
+            elif (_sdiff(seq, nxt) > 0 and smax is not None and _sdiff(seq, smax) <= 0
+                  and w.host_data_peer_ack is not None
+                  and _sdiff(seq, c.streams[OUT].seq(w.host_data_peer_ack)) <= 0):
+                # the peer acknowledged beyond the returned SndNxt before the host sent (data
+                # the target had sent up to SndMax, then went back to SndUna after a timeout,
+                # with the peer's ACKs lost): SND.UNA passed SND.NXT and the host rightly goes
+                # on from the ACK (RFC 9293 3.10.7.4), within SndMax
                 pass
             elif seq != nxt and not (_sdiff(seq, una) >= 0 and _sdiff(seq, nxt) < 0):
                 rel = _sdiff(seq, nxt)

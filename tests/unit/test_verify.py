@@ -335,6 +335,25 @@ def test_resume_beyond_sndnxt_fails_resume_at_sndnxt(tmp_path: Path) -> None:
     assert "stream-complete" in rules(report)
 
 
+def test_resume_at_the_peers_ack_beyond_sndnxt_passes(tmp_path: Path) -> None:
+    """The target had sent up to 300, went back after a timeout (returned SndUna 200, SndNxt
+    250, SndMax 300), and the peer's ACK of 300 arrived before the host sent anything: the host
+    goes on at 300 (SND.UNA passed SND.NXT, RFC 9293 3.10.7.4) -- not a skip."""
+    s = Synth(tmp_path / "c.pcapng")
+    handoff(s, snd_una=s.hseq(200), snd_nxt=s.hseq(250), resume_off=300)
+    report = s.close()
+    assert report.ok, report.failures
+
+
+def test_resume_beyond_the_returned_sndmax_still_fails(tmp_path: Path) -> None:
+    """The same, but the returned SndMax (260) says the target never sent up to 300: going on
+    at 300 skips bytes whatever the peer acknowledged."""
+    s = Synth(tmp_path / "c.pcapng")
+    handoff(s, snd_una=s.hseq(200), snd_nxt=s.hseq(250), snd_max=s.hseq(260), resume_off=300)
+    f = handoff_failures(s.close())["resume-at-sndnxt"]
+    assert "skips" in f.detail
+
+
 def test_host_ack_below_rcvnxt_fails_resume_at_rcvnxt(tmp_path: Path) -> None:
     s = Synth(tmp_path / "c.pcapng")
     handoff(s, resume_ack=250)
