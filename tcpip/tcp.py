@@ -290,9 +290,6 @@ def _check_snapshot(snap: TcbSnapshot) -> None:
 
 _IP_NAMES: dict[bytes, str] = {}
 
-# TcpConnection.from_snapshot: per class, the attribute names it writes (values None), in order
-_IMPORT_KEYS: dict[type, dict[str, None]] = {}
-
 
 def _conn_name(local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int) -> str:
     """``four_tuple`` with the address strings cached (a host talks to few addresses; building
@@ -534,15 +531,6 @@ class TcpConnection:
         snd_wnd = snap.snd_wnd
         rcv_wnd = snap.rcv_wnd
         c = cls.__new__(cls)
-        # The instance dict: a copy of one holding every attribute below, in this order (each
-        # is then written once, below).  A connection has ~90 attributes, far more than a
-        # key-sharing instance dict holds: written one by one into an empty dict they cost two
-        # dict re-sizes and an insertion each; into the copy, an update in place each.  The
-        # template is the key list of the first import (the writes below are unconditional:
-        # every import writes the same attributes in the same order).
-        keys = _IMPORT_KEYS.get(cls)
-        if keys is not None:
-            c.__dict__ = keys.copy()
         iss = snap.iss & MASK
         # ---- as __init__, in its order
         c.config = config
@@ -680,8 +668,6 @@ class TcpConnection:
             logger.debug("%s: imported (TCB handed back)", c.name)
             logger.info("%s: %s -> %s", c.name, CLOSED, state)
         c.state = state
-        if keys is None:
-            _IMPORT_KEYS[cls] = dict.fromkeys(c.__dict__)
         return c
 
     # ---- public API --------------------------------------------------------------------------
