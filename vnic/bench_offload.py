@@ -43,6 +43,7 @@ from typing import Any
 from tcpip import streams
 from tcpip.offload import ChimneyPolicy
 from tcpip.offload_socket import TcpSocket
+from vnic.node import batch_receiver
 from vnic.offload_lab import OffloadHost, build_offload_host, has_datapath
 from vnic.payload import DeferredDigest, PayloadStream
 
@@ -73,7 +74,7 @@ class _NodeTimer:
         # forwards the wire's batches (vnic.node.FrameNode) so that the timer does not turn
         # them back into per-frame calls
         t = time.perf_counter()
-        batch = getattr(self.node, "receive_frames", None)
+        batch = batch_receiver(self.node)  # (the one rule for when the batch form applies)
         if batch is not None:
             batch(frames, now)
         else:

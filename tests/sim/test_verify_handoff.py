@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from tcpip.offload_socket import OffloadState, TcpSocket
 from tcpip.stack import HostStack
 from tcpip.streams import StreamReader, StreamWriter, open_connection, start_server
 from tcpip.tcp import TcpConfig
+from tests.sim.offload_rig import App  # one application end: write, read until EOF, pausable
 from vnic import cli
 from vnic.capture import HandoffRecorder, parse_event, stream_digest
 from vnic.faults import FaultSpec, WireFaults
@@ -40,50 +40,6 @@ pytestmark = pytest.mark.skipif(not getattr(table_mod, "HAS_DATAPATH", False),
 
 HOST_IP, PEER_IP = "198.18.0.2", "198.18.0.1"
 PORT = 5001
-
-
-@dataclass(eq=False)
-class End:
-    """One application end: writes ``data`` in chunks, reads until EOF (unless paused)."""
-
-    stack: Any
-    reader: StreamReader
-    writer: StreamWriter
-    data: bytes
-    got: bytearray = field(default_factory=bytearray)
-    write_done: bool = False
-    eof: bool = False
-    paused: bool = False
-    error: BaseException | None = None
-
-    def start(self) -> End:
-        sched = self.stack.scheduler
-
-        async def write() -> None:
-            try:
-                for i in range(0, len(self.data), 8192):
-                    self.writer.write(self.data[i:i + 8192])
-                    await self.writer.drain()
-                self.write_done = True
-            except BaseException as exc:  # noqa: BLE001 - recorded for the test
-                self.error = exc
-
-        async def read() -> None:
-            try:
-                while True:
-                    if self.paused:
-                        await sched.wait_until(lambda: not self.paused)
-                    d = await self.reader.read(65536)
-                    if not d:
-                        self.eof = True
-                        return
-                    self.got += d
-            except BaseException as exc:  # noqa: BLE001
-                self.error = exc
-
-        sched.spawn(write())
-        sched.spawn(read())
-        return self
 
 
 class Run:
@@ -119,7 +75,7 @@ class Run:
     def run_until(self, pred: Callable[[], bool], timeout: float = 60.0) -> bool:
         return self.wire.run_until(pred, timeout)
 
-    def pair(self, host_data: bytes, peer_data: bytes) -> tuple[End, End, TcpSocket]:
+    def pair(self, host_data: bytes, peer_data: bytes) -> tuple[App, App, TcpSocket]:
         got: list[tuple[StreamReader, StreamWriter]] = []
 
         async def client() -> None:
@@ -127,8 +83,8 @@ class Run:
 
         self.oh.stack.scheduler.spawn(client())
         assert self.run_until(lambda: bool(got) and bool(self.accepted), 5.0)
-        h = End(self.oh.stack, *got[0], host_data).start()
-        p = End(self.peer, *self.accepted[-1], peer_data).start()
+        h = App(self.oh.stack, *got[0], host_data, keep_open=True).start()
+        p = App(self.peer, *self.accepted[-1], peer_data, keep_open=True).start()
         sock = h.writer.get_extra_info("connection")
         assert isinstance(sock, TcpSocket)
         return h, p, sock
@@ -142,7 +98,7 @@ class Run:
     def target_conn(self, sock: TcpSocket) -> Any:
         return self.oh.chimney.records[sock.key].handle
 
-    def finish(self, h: End, p: End, sock: TcpSocket, *, timeout: float = 60.0) -> bool:
+    def finish(self, h: App, p: App, sock: TcpSocket, *, timeout: float = 60.0) -> bool:
         """Close both ends once written, run to the double EOF (or ``timeout``), record the
         four application digests, close the capture.  True if both saw EOF."""
         self.run_until(lambda: h.write_done and p.write_done, timeout)
