@@ -319,6 +319,31 @@ class TcpConnection:
     """One TCP connection (a TCB plus its buffers and timers).  Build with ``connect``,
     ``accept`` or ``from_snapshot``."""
 
+    # Slots, not an instance dict: a connection has ~90 attributes, past what a key-sharing
+    # instance dict holds, so each connection carried a dict of its own (re-sized twice while
+    # being filled) and every attribute access hashed into it.  With slots an access is a fixed
+    # offset, and from_snapshot (run once per connection of a terminate tree, d.3) writes ~90
+    # of them.  "__weakref__": observers may hold connections weakly.
+    __slots__ = (
+        "cc", "config", "counters", "eof_received", "error", "irs", "iss", "keepalive",
+        "keepalive_idle", "keepalive_interval", "keepalive_probe_count", "keepalive_probes",
+        "local_ip", "local_port", "max_snd_wnd", "name", "nodelay", "on_state_change",
+        "persist_backoff", "rcv_nxt", "rcv_wscale", "remote_ip", "remote_mss", "remote_port",
+        "reset_received", "retransmit_count", "rtt", "sack_enabled", "snd_max", "snd_nxt",
+        "snd_una", "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "state", "ts_enabled",
+        "ts_recent",
+        "_ack_now", "_adv_mss", "_challenge_count", "_challenge_start", "_close_deadline",
+        "_close_pending", "_ctl", "_delack_deadline", "_dirty", "_fin_queued", "_fin_seq",
+        "_force_send", "_ka_deadline", "_last_ack_sent", "_now", "_ooo", "_ooo_fin", "_oow_last",
+        "_our_wscale", "_peer_sent_wscale", "_persist_deadline", "_persist_unanswered", "_pto",
+        "_pto_backstop", "_quickacks", "_rbuf", "_rbuf_limit", "_rcv_adv", "_rcv_adv_wire",
+        "_rcv_mss", "_rcv_mss_est", "_retransmit_head", "_rt_start", "_rto_deadline", "_rtt_seq",
+        "_rtt_time", "_sack_high", "_sbuf", "_sbuf_limit", "_sbuf_seq", "_smss", "_snd_sml",
+        "_syn_pending", "_tlp_high", "_tlp_pending", "_ts_offset", "_ts_recent_time",
+        "_unacked_bytes",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         config: TcpConfig,

@@ -262,10 +262,16 @@ def _reference_import(snap, cfg, now):
     return c
 
 
+def _slots_set(obj):
+    """The connection's attributes that are set, in slot order (TcpConnection has slots)."""
+    return {s: getattr(obj, s) for s in type(obj).__slots__
+            if s != "__weakref__" and hasattr(obj, s)}
+
+
 def _attrs(obj):
     """Comparable view of a connection (sub-objects by their slots / fields)."""
     out = {}
-    for k, v in vars(obj).items():
+    for k, v in _slots_set(obj).items():
         if hasattr(v, "__slots__") and not isinstance(v, (bytes, bytearray)) and k != "config":
             v = (type(v).__name__,
                  {s: getattr(v, s) for s in type(v).__slots__ if hasattr(v, s)})
@@ -300,7 +306,9 @@ def test_from_snapshot_equals_construct_then_overwrite(make):
     fast = TcpConnection.from_snapshot(snap, cfg, 20.0)
     ref = _reference_import(snap, cfg, 20.0)
     # every attribute __init__ sets, and no other (a new one in __init__ must be added there)
-    assert list(vars(fast)) == list(vars(ref))
+    assert list(_slots_set(fast)) == list(_slots_set(ref))
+    # ... and that is every slot: none is left unset (an unset slot raises AttributeError)
+    assert len(_slots_set(fast)) == len(TcpConnection.__slots__) - 1
     assert _attrs(fast) == _attrs(ref)
     named = TcpConnection.from_snapshot(snap, cfg, 20.0, name=fast.name)
     assert _attrs(named) == _attrs(fast)
