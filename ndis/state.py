@@ -301,7 +301,7 @@ def hexdump(data: bytes, base: int = 0) -> str:
 # b.7 OFFLOAD_STATE_HEADER
 
 
-@dataclass
+@dataclass(slots=True)
 class OFFLOAD_STATE_HEADER:
     """b.7: Length (total size incl. header), RecognizedOptions (reserved)."""
 
@@ -638,7 +638,7 @@ class TCP_OFFLOAD_STATE_CACHED(_StateStruct):
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class KeepAliveState:
     """b.13 ``KeepAlive`` sub-structure (0x50 ProbeCount, 0x54 TimeoutDelta)."""
 
@@ -646,7 +646,7 @@ class KeepAliveState:
     TimeoutDelta: int = TIMER_NOT_RUNNING
 
 
-@dataclass
+@dataclass(slots=True)
 class RetransmitState:
     """b.13 ``Retransmit`` sub-structure (0x58 Count, 0x5C TimeoutDelta)."""
 
@@ -915,7 +915,7 @@ def state_fields(obj: Any) -> dict[str, Any]:
 # b.16 Capabilities and parameters
 
 
-@dataclass
+@dataclass(slots=True)
 class NDIS_OBJECT_HEADER:
     """Type (UCHAR), Revision (UCHAR), Size (USHORT)."""
 

@@ -1256,7 +1256,7 @@ class ChimneyHost(Protocol):
         conn_type = OffloadedConnection
         blocks = list_blocks(root)
         for block in blocks:
-            obj = get(id(block.OffloadHandle))
+            obj = get(id(block._w[3]))  # block.OffloadHandle (b.2 0x38), without the property
             if type(obj) is conn_type or isinstance(obj, conn_type):
                 pa = obj.path
                 nodes = going.get(id(pa))
@@ -1278,7 +1278,7 @@ class ChimneyHost(Protocol):
             log_info = log.isEnabledFor(logging.INFO)
             tcp_log_info = _tcp_logger.isEnabledFor(logging.INFO)
             for block in blocks:
-                obj = get(id(block.OffloadHandle))
+                obj = get(id(block._w[3]))  # (block.OffloadHandle)
                 if type(obj) is conn_type or isinstance(obj, conn_type):
                     resume(obj, block, log_info, tcp_log_info)
         for s in shared:

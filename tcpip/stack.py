@@ -324,14 +324,22 @@ class HostStack:
         self._conns[key] = conn
         self._keys[id(conn)] = key
         d = conn.next_deadline()
-        if d is not None and d <= max(self._now, conn._now):
-            self._dirty[key] = None
-        elif d is not None:
-            self._deadlines[key] = d
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (d, self._timer_seq, key))
-        self.scheduler.notify(conn)
-        self._notify(key, conn)
+        if d is not None:
+            now = self._now
+            cnow = conn._now
+            if d <= (cnow if cnow > now else now):
+                self._dirty[key] = None
+            else:
+                self._deadlines[key] = d
+                self._timer_seq += 1
+                heapq.heappush(self._timers, (d, self._timer_seq, key))
+        # as self._notify(key, conn), written out (conn is notified once: a notification is
+        # a flag the scheduler reads at its next run)
+        notify = self.scheduler.notify
+        notify(conn)
+        sock = self._sockets.get(key)
+        if sock is not None:
+            notify(sock)
 
     def release(self, key: ConnKey) -> None:
         """Forget a parked connection that will not come back (lost, reset, closed offloaded)."""
