@@ -202,6 +202,16 @@ class OffloadedConnection:
     """The engine of a :class:`TcpSocket` while its connection is not in the host: the chimney
     I/O side of one offloaded connection (and the host's record of it)."""
 
+    # (slots: a terminate tree of 10,000 connections frees 10,000 records at once)
+    __slots__ = (
+        "chimney", "sock", "key", "name", "host_conn", "base", "handle", "node", "path", "phase",
+        "state", "_eof", "awaiting_buffered", "reset_received", "error", "_closed", "rbuf",
+        "outstanding", "unsent", "sends_in_flight", "refused", "posts_in_flight",
+        "close_requested", "close_done", "abort_requested", "aborted", "upload_wanted",
+        "pending_ops", "update_pending", "held", "last_query", "query_callbacks", "send_backlog",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         chimney: ChimneyHost,
