@@ -331,6 +331,15 @@ class Miniport:
     ) -> int:
         return NdisStatus.SUCCESS if self.supports_chimney() else NdisStatus.NOT_SUPPORTED
 
+    def QueryOffloadStatistics(self, Oid: int) -> tuple[int, Any]:  # noqa: N802,N803
+        """Query OID_TCP4/6_OFFLOAD_STATS or OID_IP4/6_OFFLOAD_STATS (b.17, T.10): (status,
+        TCP_OFFLOAD_STATS / IP_OFFLOAD_STATS or None).  A target without statistics: NOT_SUPPORTED."""
+        return NdisStatus.NOT_SUPPORTED, None
+
+    def ResetOffloadStatistics(self, Oid: int) -> int:  # noqa: N802,N803
+        """Set of one of the statistics OIDs: its counters restart at zero (b.17)."""
+        return NdisStatus.NOT_SUPPORTED
+
     # -- registration (MiniportSetOptions -> NdisSetOptionalHandlers) ---------------------------
     @classmethod
     def supports_chimney(cls) -> bool:

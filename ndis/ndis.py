@@ -60,6 +60,7 @@ from .state import (
     NDIS_CHIMNEY_OFFLOAD_TYPE,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
+    STATISTICS_OIDS,
 )
 from .status import NdisStatus, Operation
 
@@ -167,6 +168,24 @@ class NDIS_BINDING_HANDLE:
         """Set OID_TCP_CONNECTION_OFFLOAD_PARAMETERS (a.1); answered synchronously here."""
         params.validate()
         return self.miniport.miniport.SetTcpConnectionOffloadParameters(params)
+
+    def NdisQueryOffloadStatistics(self, Oid: int) -> tuple[int, Any]:  # noqa: N802,N803
+        """Query OID_TCP4_OFFLOAD_STATS / OID_TCP6_OFFLOAD_STATS / OID_IP4_OFFLOAD_STATS /
+        OID_IP6_OFFLOAD_STATS (b.17, T.10): (status, the statistics structure or None).  Any
+        other OID: INVALID_OID, as NDIS answers an OID no driver handles."""
+        if Oid not in STATISTICS_OIDS:
+            return NdisStatus.INVALID_OID, None
+        if not self.miniport.chimney:
+            return NdisStatus.NOT_SUPPORTED, None
+        return self.miniport.miniport.QueryOffloadStatistics(Oid)  # type: ignore[no-any-return]
+
+    def NdisResetOffloadStatistics(self, Oid: int) -> int:  # noqa: N802,N803
+        """Set of a statistics OID (b.17: the contents are ignored, the counters restart at 0)."""
+        if Oid not in STATISTICS_OIDS:
+            return NdisStatus.INVALID_OID
+        if not self.miniport.chimney:
+            return NdisStatus.NOT_SUPPORTED
+        return self.miniport.miniport.ResetOffloadStatistics(Oid)  # type: ignore[no-any-return]
 
 
 class NDIS_MINIPORT_HANDLE:

@@ -1020,3 +1020,77 @@ class NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS:
 OID_TCP_CONNECTION_OFFLOAD_PARAMETERS = 0xFC030201
 OID_TCP_CONNECTION_OFFLOAD_CURRENT_CONFIG = 0xFC01020E
 OID_TCP_CONNECTION_OFFLOAD_HARDWARE_CAPABILITIES = 0xFC01020F
+OID_TCP4_OFFLOAD_STATS = 0xFC010207
+OID_TCP6_OFFLOAD_STATS = 0xFC010208
+OID_IP4_OFFLOAD_STATS = 0xFC010209
+OID_IP6_OFFLOAD_STATS = 0xFC01020A
+STATISTICS_OIDS = frozenset({OID_TCP4_OFFLOAD_STATS, OID_TCP6_OFFLOAD_STATS,
+                             OID_IP4_OFFLOAD_STATS, OID_IP6_OFFLOAD_STATS})
+
+
+# ---------------------------------------------------------------------------------------------
+# b.17 Statistics structures (T.10): offloaded traffic only, per interface and IP version; the
+# counters wrap at their field width; a set of the OID resets them to zero.
+
+@dataclass
+class TCP_OFFLOAD_STATS:
+    """b.17 (OID_TCP4_OFFLOAD_STATS / OID_TCP6_OFFLOAD_STATS), 40 bytes with its padding."""
+
+    InSegments: int = 0  # ULONG64
+    OutSegments: int = 0  # ULONG64, excluding pure retransmissions
+    CurrentlyEstablished: int = 0  # ULONG: ESTABLISHED + CLOSE-WAIT now
+    ResetEstablished: int = 0  # ULONG: ESTABLISHED / CLOSE-WAIT -> CLOSED directly
+    RetransmittedSegments: int = 0  # ULONG
+    InErrors: int = 0  # ULONG
+    OutResets: int = 0  # ULONG: segments sent with RST
+
+    SIZE: ClassVar[int] = 40
+    _FMT: ClassVar[str] = "<QQIIIII4x"
+    _WIDTHS: ClassVar[tuple[int, ...]] = (64, 64, 32, 32, 32, 32, 32)
+
+    def wrapped(self) -> None:
+        """Each counter reduced to its field width (b.17: the counters wrap)."""
+        for f, w in zip(fields(self), self._WIDTHS, strict=True):
+            setattr(self, f.name, getattr(self, f.name) & ((1 << w) - 1))
+
+    def encode(self) -> bytes:
+        self.wrapped()
+        return struct.pack(self._FMT, *(getattr(self, f.name) for f in fields(self)))
+
+    @classmethod
+    def decode(cls, buf: bytes) -> TCP_OFFLOAD_STATS:
+        return cls(*struct.unpack_from(cls._FMT, buf, 0))
+
+
+@dataclass
+class IP_OFFLOAD_STATS:
+    """b.17 (OID_IP4_OFFLOAD_STATS / OID_IP6_OFFLOAD_STATS), 64 bytes with its padding.  Octets
+    include the IP header."""
+
+    InReceives: int = 0  # ULONG64
+    InOctets: int = 0  # ULONG64
+    InDelivers: int = 0  # ULONG64
+    OutRequests: int = 0  # ULONG64
+    OutOctets: int = 0  # ULONG64
+    InHeaderErrors: int = 0  # ULONG
+    InTruncatedPackets: int = 0  # ULONG
+    InDiscards: int = 0  # ULONG
+    OutDiscards: int = 0  # ULONG
+    OutNoRoutes: int = 0  # ULONG
+
+    SIZE: ClassVar[int] = 64
+    _FMT: ClassVar[str] = "<QQQQQIIIII4x"
+    _WIDTHS: ClassVar[tuple[int, ...]] = (64, 64, 64, 64, 64, 32, 32, 32, 32, 32)
+
+    def wrapped(self) -> None:
+        """Each counter reduced to its field width (b.17: the counters wrap)."""
+        for f, w in zip(fields(self), self._WIDTHS, strict=True):
+            setattr(self, f.name, getattr(self, f.name) & ((1 << w) - 1))
+
+    def encode(self) -> bytes:
+        self.wrapped()
+        return struct.pack(self._FMT, *(getattr(self, f.name) for f in fields(self)))
+
+    @classmethod
+    def decode(cls, buf: bytes) -> IP_OFFLOAD_STATS:
+        return cls(*struct.unpack_from(cls._FMT, buf, 0))

@@ -190,7 +190,13 @@ typedef struct {
     uint64_t frames_in, consumed, not_ours, pass_up, bad_checksum, malformed, paws_drops,
         unacceptable, dup_segments, ooo_segments, ooo_dropped, challenge_acks, rsts_in,
         frames_out, data_frames_out, retransmits, fast_retransmits, timeouts, window_probes,
-        keepalive_probes, acks_out, ts_missing, tso_frames_out, rcv_alloc_drops;
+        keepalive_probes, acks_out, ts_missing, tso_frames_out, rcv_alloc_drops,
+        /* b.17 statistics (T.10): IP bytes in (consumed datagrams) and out, TCP segments
+         * out (a TSO frame counts the MSS-sized segments it is cut into) and the
+         * retransmitted ones among them, segments sent with RST */
+        in_octets, out_octets, segments_out, retransmitted_segments, rsts_out,
+        resets_established,     /* ESTABLISHED / CLOSE-WAIT -> CLOSED by a RST (in or out) */
+        ip_options;             /* frames of offloaded connections with IP options: up (T.9) */
 } dp_counters_t;
 
 struct ct_dp {
@@ -687,6 +693,14 @@ advertise_window(ct_slot *s, ct_conn *c)
 
 /* ------------------------------------------------------------- output ---- */
 
+/* The TCP segments a frame with dlen bytes of data is on the wire: a TSO frame is cut into
+ * MSS-sized ones (b.17 counts segments). */
+static inline uint64_t
+wire_segments(const ct_conn *c, uint32_t dlen)
+{
+    return (dlen > c->mss && c->mss) ? (dlen + c->mss - 1u) / c->mss : 1u;
+}
+
 /* Build one frame (headers from TCP -> path -> neighbor state) and append it to out.
  * dlen bytes of send data from ring offset doff.  Returns 0, or -1 with MemoryError. */
 static int
@@ -764,6 +778,11 @@ emit(CTable *t, uint32_t idx, ct_conn *c, uint32_t seq, uint32_t doff, uint32_t 
     Py_DECREF(b);
 
     dp->cnt.frames_out++;
+    dp->cnt.out_octets += 20u + tcplen;
+    dp->cnt.segments_out += wire_segments(c, dlen);
+    if (flags & TH_RST) {
+        dp->cnt.rsts_out++;
+    }
     if (dlen) {
         dp->cnt.data_frames_out++;
     }
@@ -855,6 +874,7 @@ conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
                     return -1;
                 }
                 dp->cnt.retransmits++;
+                dp->cnt.retransmitted_segments += wire_segments(c, len);
                 c->timing = 0;
                 sent = 1;
                 uint32_t end = s->SndUna + len + ((fl & TH_FIN) ? 1 : 0);
@@ -930,6 +950,7 @@ conn_output(CTable *t, uint32_t idx, ct_conn *c, uint64_t now, PyObject *out)
             }
             if (seq_lt(seq, s->SndMax)) {
                 dp->cnt.retransmits++;
+                dp->cnt.retransmitted_segments += wire_segments(c, len);
             }
             else if (!c->timing && len && !(s->ConstFlags & TCP_FLAG_TIMESTAMP_ENABLED)) {
                 c->timing = 1;
@@ -1561,6 +1582,9 @@ tcp_input(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now)
         dp->cnt.rsts_in++;
         if (seq == s->RcvNxt) {
             /* acceptable RST (RFC 5961 3.2): abort */
+            if (s->State == ST_ESTABLISHED || s->State == ST_CLOSE_WAIT) {
+                dp->cnt.resets_established++;
+            }
             s->State = ST_CLOSED;
             stop_timers(s);
             EV(h, EVENT_RST, 0);
@@ -1710,7 +1734,7 @@ process_one(CTable *t, const uint8_t *p, Py_ssize_t n, uint64_t now)
     uint32_t ihl = (uint32_t)(ip[0] & 0x0F) * 4;
     uint32_t total = rd16(ip + 2);
     if (ihl != 20) {
-        dp->cnt.malformed++;
+        dp->cnt.ip_options++;
         return FRAME_PASS_UP;                   /* IP options: the host's business (T.9) */
     }
     const uint8_t *th = ip + ihl;
@@ -1742,7 +1766,11 @@ process_one(CTable *t, const uint8_t *p, Py_ssize_t n, uint64_t now)
         || s->State < ST_ESTABLISHED || s->State > ST_LAST_ACK) {
         return FRAME_PASS_UP;
     }
-    return tcp_input(t, idx, c, &g, now);
+    int r = tcp_input(t, idx, c, &g, now);
+    if (r == FRAME_CONSUMED) {
+        dp->cnt.in_octets += total;             /* b.17 InOctets: with the IP header */
+    }
+    return r;
 }
 
 /* --------------------------------------------------- argument helpers ---- */
@@ -2538,6 +2566,9 @@ dp_disconnect(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         if (s->State != ST_CLOSED && s->State != ST_TIME_WAIT) {
             c->rst_pending = 1;
         }
+        if (s->State == ST_ESTABLISHED || s->State == ST_CLOSE_WAIT) {
+            self->dp->cnt.resets_established++;
+        }
         stop_timers(s);
         heap_fix(self, idx);
     }
@@ -2863,7 +2894,9 @@ dp_counters(CTable *self, PyObject *Py_UNUSED(ignored))
         "paws_drops", "unacceptable", "dup_segments", "ooo_segments", "ooo_dropped",
         "challenge_acks", "rsts_in", "frames_out", "data_frames_out", "retransmits",
         "fast_retransmits", "timeouts", "window_probes", "keepalive_probes", "acks_out",
-        "ts_missing", "tso_frames_out", "rcv_alloc_drops"};
+        "ts_missing", "tso_frames_out", "rcv_alloc_drops", "in_octets", "out_octets",
+        "segments_out", "retransmitted_segments", "rsts_out", "resets_established",
+        "ip_options"};
     dp_counters_t zero;
     memset(&zero, 0, sizeof(zero));
     const dp_counters_t *cn = self->dp ? &self->dp->cnt : &zero;

@@ -64,6 +64,7 @@ from ndis.blocks import (
 from ndis.driver import NDIS_STATUS_INDICATION, Miniport, linker_status
 from ndis.state import (
     INDICATE_OFFLOAD_EVENT,
+    IP_OFFLOAD_STATS,
     MANDATORY_UPLOAD_REASONS,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
@@ -72,12 +73,16 @@ from ndis.state import (
     NEIGHBOR_OFFLOAD_STATE_DELEGATED,
     OFFLOAD_STATE_TYPE,
     OFFLOADABLE_TCP_STATES,
+    OID_IP4_OFFLOAD_STATS,
+    OID_TCP4_OFFLOAD_STATS,
     PATH_OFFLOAD_STATE_CACHED,
     TCP_DISCONNECT_ABORTIVE_CLOSE,
+    TCP_OFFLOAD_CONNECTION_STATE,
     TCP_OFFLOAD_EVENT_TYPE,
     TCP_OFFLOAD_STATE_CACHED,
     TCP_OFFLOAD_STATE_CONST,
     TCP_OFFLOAD_STATE_DELEGATED,
+    TCP_OFFLOAD_STATS,
     TCP_UPLOAD_REASON,
     NeighborOffloadState,
     OffloadLayer,
@@ -397,6 +402,9 @@ class OffloadTarget(Miniport):
         self.last_ip_id: int | None = None  # identification of the newest data-path frame
         self.returned_buffers: dict[int, NET_BUFFER_LIST] = {}  # BufferedData NBLs of terminates
         self.counters: dict[str, int] = {}
+        # b.17: the raw counters when each statistics OID was last set (reset); a query
+        # reports the difference
+        self._stats_base: dict[int, dict[str, int]] = {}
         self._dirty: set[int] = set()
         if self.datapath:
             self._configure()
@@ -459,6 +467,67 @@ class OffloadTarget(Miniport):
                 log.warning("%s: offload parameters refused: %s", self.name, exc)
                 return NdisStatus.FAILURE
         self.set_time(self.now)
+        return NdisStatus.SUCCESS
+
+    # -- statistics OIDs (b.17, T.10) --------------------------------------------------------------
+    def _raw_statistics(self) -> dict[str, int]:
+        """The counters behind b.17: the data path's (offloaded traffic only: frames of
+        offloaded connections), plus the segments the host forwarded that it consumed."""
+        raw = dict(self.table.datapath_counters()) if self.datapath else {}
+        raw["forwarded_consumed"] = self.counters.get(f"forward_verdict_{FRAME_CONSUMED}", 0)
+        return raw
+
+    def _currently_established(self) -> int:
+        if not self.datapath:
+            return 0
+        established = (TCP_OFFLOAD_CONNECTION_STATE.TcpConnectionEstablished,
+                       TCP_OFFLOAD_CONNECTION_STATE.TcpConnectionCloseWait)
+        get = self.table.get_field
+        return sum(1 for h, obj in self.tcps.items()
+                   if obj.live and not obj.terminated and get(h, "State") in established)
+
+    def QueryOffloadStatistics(self, Oid: int) -> tuple[int, Any]:  # noqa: N802,N803
+        """OID_TCP4_OFFLOAD_STATS / OID_IP4_OFFLOAD_STATS (b.17, T.10): offloaded traffic of
+        this interface since the OID was last set.  IPv6: NOT_SUPPORTED (no IPv6 offload)."""
+        if Oid not in (OID_TCP4_OFFLOAD_STATS, OID_IP4_OFFLOAD_STATS):
+            return NdisStatus.NOT_SUPPORTED, None
+        raw = self._raw_statistics()
+        base = self._stats_base.get(Oid, {})
+
+        def n(name: str) -> int:
+            return raw.get(name, 0) - base.get(name, 0)
+
+        if Oid == OID_TCP4_OFFLOAD_STATS:
+            stats: Any = TCP_OFFLOAD_STATS(
+                InSegments=n("consumed") + n("forwarded_consumed"),
+                OutSegments=n("segments_out") - n("retransmitted_segments"),
+                CurrentlyEstablished=self._currently_established(),
+                ResetEstablished=n("resets_established"),
+                RetransmittedSegments=n("retransmitted_segments"),
+                InErrors=n("bad_checksum") + n("malformed"),
+                OutResets=n("rsts_out"),
+            )
+        else:
+            # every offloaded datagram received is delivered to the offloaded TCP or handed
+            # up (IP options, bad TCP checksum: T.9, counted by the host); the target drops
+            # no IP datagram and has no routes of its own
+            stats = IP_OFFLOAD_STATS(
+                InReceives=n("consumed") + n("forwarded_consumed"),
+                InOctets=n("in_octets"),
+                InDelivers=n("consumed") + n("forwarded_consumed"),
+                OutRequests=n("frames_out"),
+                OutOctets=n("out_octets"),
+            )
+        stats.wrapped()  # b.17: the counters wrap at their field widths
+        return NdisStatus.SUCCESS, stats
+
+    def ResetOffloadStatistics(self, Oid: int) -> int:  # noqa: N802,N803
+        """A set of a statistics OID: its counters restart at zero (the gauge
+        CurrentlyEstablished is not a counter and stays)."""
+        if Oid not in (OID_TCP4_OFFLOAD_STATS, OID_IP4_OFFLOAD_STATS):
+            return NdisStatus.NOT_SUPPORTED
+        self._stats_base[Oid] = self._raw_statistics()
+        log.info("%s: statistics of OID 0x%08X reset", self.name, Oid)
         return NdisStatus.SUCCESS
 
     # -- completion plumbing (fault hooks sit here) ------------------------------------------------

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ndis.state import TCP_UPLOAD_REASON
+from ndis.state import OID_IP4_OFFLOAD_STATS, OID_TCP4_OFFLOAD_STATS, TCP_UPLOAD_REASON
+from ndis.status import NdisStatus, status_name
 from tcpip import streams
 from tcpip.offload import MANDATORY_UPLOAD_REASONS
 from tcpip.offload_socket import OffloadState, TcpSocket
@@ -794,6 +795,17 @@ def _wire_faults(scn: Scenario, seed: int) -> WireFaults | None:
     return WireFaults.from_specs(up, down, seed=seed)
 
 
+def _target_statistics(oh: OffloadHost) -> dict[str, Any]:
+    """The target's b.17 counters of the run (offloaded traffic only), as the host stack
+    queries them: OID_TCP4_OFFLOAD_STATS and OID_IP4_OFFLOAD_STATS through NDIS."""
+    out: dict[str, Any] = {}
+    for name, oid in (("tcp4", OID_TCP4_OFFLOAD_STATS), ("ip4", OID_IP4_OFFLOAD_STATS)):
+        status, stats = oh.chimney.binding.NdisQueryOffloadStatistics(oid)
+        out[name] = (dataclasses.asdict(stats) if status == NdisStatus.SUCCESS
+                     else {"status": status_name(status)})
+    return out
+
+
 def run_scenario(scn: Scenario, opts: RunOptions) -> dict[str, Any]:
     """Run ``scn`` and return the report (``report["exit_status"]`` is the verdict)."""
     from vnic.offload_lab import has_datapath
@@ -1204,6 +1216,7 @@ def _finish(scn: Scenario, opts: RunOptions, seed: int, mode: str, paths: dict[s
         "target_requests": sum(c.target_requests for c in conns),
         "upload_all": ctl.upload_all_count,
         "chimney": dict(oh.chimney.counters),
+        "target_statistics": _target_statistics(oh),
         "conformance_violations": violations[:20],
         "conformance_violation_count": len(violations),
         "events": ctl.events[-2000:],

@@ -76,7 +76,12 @@ def test_super_segments_are_whole_mss_multiples_up_to_tso_max_within_the_window(
         assert 0x8000 <= o.ip.identification and o.ip.dont_fragment
     assert b"".join(o.seg.payload for o in outs) == data[:45 * MSS]
     assert r.field("SndNxt") == r.field("SndMax") == SND0 + 45 * MSS
-    assert r.t.datapath_counters()["tso_frames_out"] == 5
+    c = r.t.datapath_counters()
+    assert c["tso_frames_out"] == 5
+    # b.17 counts TCP segments as the wire carries them (the device cuts at the MSS), and IP
+    # octets per frame as built
+    assert c["segments_out"] == 45 and c["frames_out"] == 5
+    assert c["out_octets"] == sum(o.ip.total_length for o in outs)
     # all ACKed: the rest leaves, the tail of the queued data rides in the last super-segment
     r.pack = add(SND0, 45 * MSS)
     r.rx(r.seg())
