@@ -331,6 +331,10 @@ class Miniport:
     ) -> int:
         return NdisStatus.SUCCESS if self.supports_chimney() else NdisStatus.NOT_SUPPORTED
 
+    def SetPower(self, DeviceState: int) -> int:  # noqa: N802,N803
+        """OID_PNP_SET_POWER (d.9): SUCCESS, or PENDING and NdisMOidRequestComplete later."""
+        return NdisStatus.SUCCESS
+
     def QueryOffloadStatistics(self, Oid: int) -> tuple[int, Any]:  # noqa: N802,N803
         """Query OID_TCP4/6_OFFLOAD_STATS or OID_IP4/6_OFFLOAD_STATS (b.17, T.10): (status,
         TCP_OFFLOAD_STATS / IP_OFFLOAD_STATS or None).  A target without statistics: NOT_SUPPORTED."""
@@ -427,6 +431,10 @@ class Protocol:
 
     def IndicateOffloadEvent(self, OffloadBlockList: Any, IndicationCode: int) -> None:  # noqa: N802,N803
         log.debug("%s: IndicateOffloadEvent %d ignored", self.name, IndicationCode)
+
+    def OidRequestComplete(self, Oid: int, Status: int) -> None:  # noqa: N802,N803
+        """ProtocolOidRequestComplete: an OID request that returned PENDING is done."""
+        log.debug("%s: OidRequestComplete 0x%08X ignored", self.name, Oid)
 
     def TcpOffloadSendComplete(self, NetBufferList: Any) -> None:  # noqa: N802,N803
         log.debug("%s: TcpOffloadSendComplete ignored", self.name)

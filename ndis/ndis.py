@@ -58,11 +58,13 @@ from .driver import (
 )
 from .state import (
     NDIS_CHIMNEY_OFFLOAD_TYPE,
+    NDIS_DEVICE_POWER_STATE,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
+    OID_PNP_SET_POWER,
     STATISTICS_OIDS,
 )
-from .status import NdisStatus, Operation
+from .status import NdisStatus, Operation, status_name
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,26 @@ class NDIS_BINDING_HANDLE:
         params.validate()
         return self.miniport.miniport.SetTcpConnectionOffloadParameters(params)
 
+    def NdisSetPower(self, DeviceState: int) -> int:  # noqa: N802,N803
+        """OID_PNP_SET_POWER (d.9).  SUCCESS / an error now, or PENDING: the protocol's
+        OidRequestComplete(OID_PNP_SET_POWER, status) follows once the miniport completes it
+        (a target pends a low-power state until every offloaded object was uploaded)."""
+        try:
+            state = NDIS_DEVICE_POWER_STATE(DeviceState)
+        except ValueError:
+            return NdisStatus.INVALID_DATA
+        if state is NDIS_DEVICE_POWER_STATE.NdisDeviceStateUnspecified:
+            return NdisStatus.INVALID_DATA
+        mp = self.miniport
+        if OID_PNP_SET_POWER in mp._oid_requests:
+            return NdisStatus.INVALID_STATE  # one power request at a time
+        mp._oid_requests[OID_PNP_SET_POWER] = self
+        status = mp.miniport.SetPower(state)
+        if status != NdisStatus.PENDING:
+            mp._oid_requests.pop(OID_PNP_SET_POWER, None)
+        log.info("%s: OID_PNP_SET_POWER %s -> %s", self.name, state.name, status_name(status))
+        return status  # type: ignore[no-any-return]
+
     def NdisQueryOffloadStatistics(self, Oid: int) -> tuple[int, Any]:  # noqa: N802,N803
         """Query OID_TCP4_OFFLOAD_STATS / OID_TCP6_OFFLOAD_STATS / OID_IP4_OFFLOAD_STATS /
         OID_IP6_OFFLOAD_STATS (b.17, T.10): (status, the statistics structure or None).  Any
@@ -210,6 +232,8 @@ class NDIS_MINIPORT_HANDLE:
             capabilities.validate()
         self.capabilities = capabilities
         self.bindings: list[NDIS_BINDING_HANDLE] = []
+        # OID -> the binding whose request the miniport pended (NdisMOidRequestComplete)
+        self._oid_requests: dict[int, NDIS_BINDING_HANDLE] = {}
         # id(root) -> (binding, op, root): outstanding state operations (fallback routing)
         self._outstanding: dict[int, tuple[NDIS_BINDING_HANDLE, Operation, OffloadBlockList]] = {}
         self._handlers = NDIS_TCP_OFFLOAD_EVENT_HANDLERS(
@@ -282,6 +306,15 @@ class NDIS_MINIPORT_HANDLE:
 
     def NdisMOffloadEventIndicate(self, OffloadBlockList: Any, IndicationCode: int) -> None:  # noqa: N802,N803
         self.ndis._offload_event(self, OffloadBlockList, IndicationCode)
+
+    def NdisMOidRequestComplete(self, Oid: int, Status: int) -> None:  # noqa: N802,N803
+        """Complete an OID request the miniport returned PENDING for; the requesting
+        protocol's OidRequestComplete runs from the queue (as any completion)."""
+        binding = self._oid_requests.pop(Oid, None)
+        if binding is None:
+            log.error("%s: NdisMOidRequestComplete for 0x%08X with no pending request", self.name, Oid)
+            return
+        self.ndis._queue.append(("work", None, (binding.protocol.OidRequestComplete, (Oid, Status))))
 
     def NdisMIndicateStatusEx(self, StatusIndication: NDIS_STATUS_INDICATION) -> None:  # noqa: N802,N803
         self.ndis._status(self, StatusIndication)

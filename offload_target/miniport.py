@@ -66,6 +66,7 @@ from ndis.state import (
     INDICATE_OFFLOAD_EVENT,
     IP_OFFLOAD_STATS,
     MANDATORY_UPLOAD_REASONS,
+    NDIS_DEVICE_POWER_STATE,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
     NEIGHBOR_OFFLOAD_STATE_CACHED,
@@ -74,6 +75,7 @@ from ndis.state import (
     OFFLOAD_STATE_TYPE,
     OFFLOADABLE_TCP_STATES,
     OID_IP4_OFFLOAD_STATS,
+    OID_PNP_SET_POWER,
     OID_TCP4_OFFLOAD_STATS,
     PATH_OFFLOAD_STATE_CACHED,
     TCP_DISCONNECT_ABORTIVE_CLOSE,
@@ -398,6 +400,10 @@ class OffloadTarget(Miniport):
         self.paused = False
         self.upload_all_indicated = False
         self._resume_when_fits: bool = False
+        # d.9: the device power state; a low-power OID_PNP_SET_POWER pends while anything is
+        # still offloaded (power_pending) and initiates fail meanwhile
+        self.power_state = NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0
+        self.power_pending = False
         self.outbox: list[bytes] = []
         self.last_ip_id: int | None = None  # identification of the newest data-path frame
         self.returned_buffers: dict[int, NET_BUFFER_LIST] = {}  # BufferedData NBLs of terminates
@@ -468,6 +474,33 @@ class OffloadTarget(Miniport):
                 return NdisStatus.FAILURE
         self.set_time(self.now)
         return NdisStatus.SUCCESS
+
+    # -- power (d.9) --------------------------------------------------------------------------------
+    def SetPower(self, DeviceState: int) -> int:  # noqa: N802,N803
+        """OID_PNP_SET_POWER.  D0: offloads may start again.  A low-power state: no new
+        offloads from now on, and the OID pends (PENDING) until every offloaded connection,
+        path and neighbor was uploaded, then completes with SUCCESS (d.9)."""
+        state = NDIS_DEVICE_POWER_STATE(DeviceState)
+        if self.power_pending:
+            return NdisStatus.INVALID_STATE
+        self.power_state = state
+        log.info("%s: power state %s", self.name, state.name)
+        if state is NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0 or not self._anything_offloaded():
+            return NdisStatus.SUCCESS
+        self.power_pending = True
+        log.info("%s: OID_PNP_SET_POWER pends until %d connections are uploaded", self.name,
+                 self.tcp_count)
+        return NdisStatus.PENDING
+
+    def _anything_offloaded(self) -> bool:
+        return bool(self.tcps or self.paths or self.neighbors)
+
+    def _check_power(self) -> None:
+        """After a terminate: complete a pending low-power request once nothing is left."""
+        if self.power_pending and not self._anything_offloaded():
+            self.power_pending = False
+            log.info("%s: all uploaded, OID_PNP_SET_POWER complete", self.name)
+            self.ndis.NdisMOidRequestComplete(OID_PNP_SET_POWER, NdisStatus.SUCCESS)
 
     # -- statistics OIDs (b.17, T.10) --------------------------------------------------------------
     def _raw_statistics(self) -> dict[str, int]:
@@ -583,7 +616,8 @@ class OffloadTarget(Miniport):
         objs: dict[int, Any] = {}
         not_offloaded: set[int] = set()
         new_tcps: list[TcpObject] = []
-        stop = False
+        # d.9: not in D0 (or going to sleep): nothing new is offloaded, every new block fails
+        stop = self.power_state is not NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0
         for block, _depth, parent in order:
             assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
             role = roles[id(block)]
@@ -793,6 +827,7 @@ class OffloadTarget(Miniport):
         self._service_dirty()
         if objs:
             self._check_resume()
+        self._check_power()
 
     def _terminate_tcps(self, objs: list[TcpObject], blocks: list[NDIS_MINIPORT_OFFLOAD_BLOCK_LIST]) -> None:
         """The d.3 checklist steps 2-8 for the TCP blocks of one terminate tree (``objs[i]``

@@ -85,8 +85,10 @@ from ndis.blocks import (
 from ndis.driver import NDIS_BIND_PARAMETERS, NDIS_STATUS_INDICATION, Protocol
 from ndis.state import (
     INDICATE_OFFLOAD_EVENT,
+    NDIS_DEVICE_POWER_STATE,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
+    OID_PNP_SET_POWER,
     TCP_DISCONNECT_ABORTIVE_CLOSE,
     TCP_DISCONNECT_GRACEFUL_CLOSE,
     TCP_FLAG_KEEP_ALIVE_RESTART,
@@ -359,6 +361,13 @@ class ChimneyHost(Protocol):
         self.paused = False  # NDIS_STATUS_OFFLOAD_PAUSE
         self.upload_all_latched = False  # NDIS_STATUS_UPLOAD_ALL until OFFLOAD_RESUME (d.8)
         self._upload_all_pending = False
+        # d.9: the device power state the host asked for; not D0 = no offloads.  A low-power
+        # request waits here until every connection is back (power_request), then goes down
+        # as OID_PNP_SET_POWER; power_callback gets the final status.
+        self.power_state = NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0
+        self._power_request: NDIS_DEVICE_POWER_STATE | None = None
+        self._power_callback: Callable[[int], None] | None = None
+        self._power_oid_pending = False
         self.records: dict[ConnKey, OffloadedConnection] = {}
         self._by_handle: dict[int, Any] = {}  # id(handle) -> record or _Shared
         self._neighbors: dict[bytes, _Shared] = {}
@@ -449,6 +458,8 @@ class ChimneyHost(Protocol):
     def can_offload(self) -> bool:
         if not self.chimney_enabled or self.paused or self.upload_all_latched:
             return False
+        if self.power_state is not NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0:
+            return False
         cap = self.capabilities.TcpConnectionOffloadCapacity if self.capabilities else 0
         return cap <= 0 or len(self.records) < cap
 
@@ -482,6 +493,53 @@ class ChimneyHost(Protocol):
         rec.upload_wanted = True
         self._service_uploads()
         return True
+
+    def set_power(self, state: int, callback: Callable[[int], None] | None = None) -> bool:
+        """Change the device power state (d.9).  A low-power state (D1-D3): no new offloads,
+        every connection is uploaded, then OID_PNP_SET_POWER goes down (the target may pend it
+        until its last object is gone).  D0: the OID at once; offloads may start again.
+        ``callback(status)`` gets the OID's final status.  False if a power change is still
+        in progress (nothing is done then)."""
+        state = NDIS_DEVICE_POWER_STATE(state)
+        if state is NDIS_DEVICE_POWER_STATE.NdisDeviceStateUnspecified:
+            raise ValueError("a power state is D0 .. D3")
+        if self._power_request is not None or self._power_oid_pending:
+            return False
+        self.power_state = state
+        self._power_callback = callback
+        log.info("%s: power state %s requested", self.name, state.name)
+        if state is NDIS_DEVICE_POWER_STATE.NdisDeviceStateD0:
+            self._send_power(state)
+        else:
+            self._power_request = state
+            self.terminate_all()
+            self._power_ready()
+        return True
+
+    def _power_ready(self) -> None:
+        """d.9: the low-power OID goes down once every connection was uploaded."""
+        if self._power_request is not None and not self.records:
+            state, self._power_request = self._power_request, None
+            self._send_power(state)
+
+    def _send_power(self, state: NDIS_DEVICE_POWER_STATE) -> None:
+        status = self.binding.NdisSetPower(state)
+        if status == NdisStatus.PENDING:
+            self._power_oid_pending = True
+        else:
+            self._power_done(status)
+
+    def _power_done(self, status: int) -> None:
+        log.info("%s: OID_PNP_SET_POWER %s: %s", self.name, self.power_state.name,
+                 status_name(status))
+        cb, self._power_callback = self._power_callback, None
+        if cb is not None:
+            cb(status)
+
+    def OidRequestComplete(self, Oid: int, Status: int) -> None:  # noqa: N802,N803
+        if Oid == OID_PNP_SET_POWER and self._power_oid_pending:
+            self._power_oid_pending = False
+            self._power_done(Status)
 
     def terminate_all(self) -> int:
         """Upload every connection (as for NDIS_STATUS_UPLOAD_ALL, without the latch)."""
@@ -1294,6 +1352,7 @@ class ChimneyHost(Protocol):
         for s in shared:
             self._forget_shared(s)
         self._drop_unreferenced()
+        self._power_ready()
 
     def _resume(
         self, rec: OffloadedConnection, block: OffloadBlockList, log_info: bool | None = None,
