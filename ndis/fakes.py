@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .blocks import (
@@ -554,7 +554,7 @@ def _fill_query(obj: TargetObject, target_state: Any) -> None:
             dst.SendBacklogSize = 0xFFFFFFFF  # b.13: unsupported
             dst.ReceiveBacklogSize = len(obj.rx_pending)
         else:
-            for f in part.__dataclass_fields__:
+            for f in (fl.name for fl in fields(part)):
                 if f != "Header":
                     setattr(dst, f, getattr(part, f))
 

@@ -314,6 +314,7 @@ class OFFLOAD_STATE_HEADER:
 class _StateStruct:
     """Shared encode/decode plumbing; subclasses define SIZE, TYPE, _pack and _unpack."""
 
+    __slots__ = ()  # (a subclass may have slots: TCP_OFFLOAD_STATE_DELEGATED)
     SIZE: ClassVar[int]
     Header: OFFLOAD_STATE_HEADER
 
@@ -654,7 +655,7 @@ class RetransmitState:
     TimeoutDelta: int = TIMER_NOT_RUNNING
 
 
-@dataclass
+@dataclass(slots=True)
 class TCP_OFFLOAD_STATE_DELEGATED(_StateStruct):
     """b.13 (x64 size 0x80)::
 

@@ -45,7 +45,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ndis.blocks import (
@@ -1070,7 +1070,7 @@ class OffloadTarget(Miniport):
                 dst = target if isinstance(target, type(part)) else None
             if dst is None:
                 continue
-            for f in part.__dataclass_fields__:
+            for f in (fl.name for fl in fields(part)):
                 if f != "Header":
                     setattr(dst, f, copy.copy(getattr(part, f)))
 
