@@ -76,6 +76,9 @@ enum { FRAME_CONSUMED = 0, FRAME_NOT_OURS = 1, FRAME_PASS_UP = 2 };
 enum {
     EVENT_SEND_ACKED = 1, EVENT_DATA = 2, EVENT_FIN = 3, EVENT_RST = 4, EVENT_RETRIEVE = 5,
     EVENT_FIN_ACKED = 6,
+    EVENT_PUSH = 7,         /* in-order data with PSH placed; value: the sequence number after
+                             * its last byte (T.2: a push-mode receive buffer holding that byte
+                             * completes) */
 };
 /* TCP_OFFLOAD_CONNECTION_STATE */
 enum {
@@ -1410,6 +1413,7 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
     const uint8_t *data = g->payload;
     uint32_t plen = g->plen;
     int fin = (g->flags & TH_FIN) != 0;
+    int psh = (g->flags & TH_PSH) != 0;
     const int had_data = plen > 0;
 
     if (!(s->State == ST_ESTABLISHED || s->State == ST_FIN_WAIT_1
@@ -1440,6 +1444,7 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
         uint32_t cut = umin(seq + plen - right, plen);
         plen -= cut;
         fin = 0;
+        psh = 0;                                /* the pushed byte is beyond the window */
     }
     if (plen == 0 && !fin) {
         if (had_data) {
@@ -1467,6 +1472,7 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
             s->RcvNxt += plen;
             s->RcvWnd -= plen;
         }
+        const uint32_t push_end = s->RcvNxt;     /* (before any hole is filled) */
         /* fill holes from the out-of-order list */
         while (c->nooo && seq_le(c->ooo[0].seq, s->RcvNxt)) {
             if (seq_gt(c->ooo[0].end, s->RcvNxt)) {
@@ -1481,6 +1487,9 @@ receive_text(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now,
         }
         if (plen || filled) {
             EV(make_handle(t, idx), EVENT_DATA, c->rlen);
+        }
+        if (plen && psh) {
+            EV(make_handle(t, idx), EVENT_PUSH, push_end);
         }
         if ((fin && seq + plen == s->RcvNxt) || (c->ooo_fin && c->rcv_fin_seq == s->RcvNxt)) {
             receive_fin(t, idx, c, &err);
@@ -3152,6 +3161,7 @@ ct_dp_add_constants(PyObject *m)
         {"FRAME_CONSUMED", FRAME_CONSUMED}, {"FRAME_NOT_OURS", FRAME_NOT_OURS},
         {"FRAME_PASS_UP", FRAME_PASS_UP},
         {"EVENT_SEND_ACKED", EVENT_SEND_ACKED}, {"EVENT_DATA", EVENT_DATA},
+        {"EVENT_PUSH", EVENT_PUSH},
         {"EVENT_FIN", EVENT_FIN}, {"EVENT_RST", EVENT_RST}, {"EVENT_RETRIEVE", EVENT_RETRIEVE},
         {"EVENT_FIN_ACKED", EVENT_FIN_ACKED},
     };

@@ -23,9 +23,11 @@ Theory of operation
 
 Assumptions where the data-path contract is silent (see also the module's tests):
 
-* PSH is not reported by the data path, so a partially filled push-mode receive buffer is
-  completed when all available data has been placed into it (``push_on_drain``, the usual case
-  of a PSH on the last segment of a write) or when the push timer (``TcpPushTicks``) expires.
+* A partially filled push-mode receive buffer completes when it holds the last byte of an
+  in-order segment that carried PSH (the data path reports each as EVENT_PUSH with the
+  sequence number after that byte) or when the push timer (``TcpPushTicks``) expires (T.2).
+  The PSH of a segment that arrived out of order is not kept (the push timer covers it).
+  ``push_on_drain=True`` also completes it when all available data was placed into it.
 * Data taken from the table for an indication the host refused is held here (``rx_held``) and
   delivered before anything newer; at terminate it leads ``BufferedData``.
 * A neighbor MAC / path MTU update and a path -> neighbor relink reach the data path through
@@ -111,6 +113,7 @@ __all__ = [
     "EVENT_RST",
     "EVENT_RETRIEVE",
     "EVENT_FIN_ACKED",
+    "EVENT_PUSH",
     "has_datapath",
 ]
 
@@ -138,6 +141,7 @@ EVENT_FIN = _const("EVENT_FIN", 3)
 EVENT_RST = _const("EVENT_RST", 4)
 EVENT_RETRIEVE = _const("EVENT_RETRIEVE", 5)
 EVENT_FIN_ACKED = _const("EVENT_FIN_ACKED", 6)
+EVENT_PUSH = _const("EVENT_PUSH", 7)
 # counter names per verdict, built once (receive_frame runs per frame)
 _VERDICT_KEYS = {v: f"frames_verdict_{v}" for v in (FRAME_CONSUMED, FRAME_NOT_OURS, FRAME_PASS_UP)}
 
@@ -243,6 +247,8 @@ class TcpObject:
     indicated: dict[int, NET_BUFFER_LIST] = field(default_factory=dict)
     delivering: bool = False
     push_deadline: float | None = None
+    # T.2: sequence numbers after the last byte of in-order PSH segments not yet delivered
+    push_marks: deque[int] = field(default_factory=deque)
     rx_completing: int = 0  # receive completions with data not yet delivered to the host
     # connection events
     fin_received: bool = False
@@ -373,7 +379,7 @@ class OffloadTarget(Miniport):
         name: str = "vnic-target",
         max_path_mtu: int = 9000,
         interface_vlans: Iterable[int] = (),
-        push_on_drain: bool = True,
+        push_on_drain: bool = False,
         moderate: bool = False,
         tso_max: int = 0,
     ) -> None:
@@ -1400,7 +1406,14 @@ class OffloadTarget(Miniport):
         # only stamps the neighbor and marks the connection dirty: the same for every repeat
         # within one drain (now_ticks does not move here), so each handle's first one suffices
         handles, kinds, _values = zip(*events, strict=True)
-        if kinds.count(EVENT_DATA) == len(kinds):
+        pushes = kinds.count(EVENT_PUSH)
+        if kinds.count(EVENT_DATA) + pushes == len(kinds):
+            if pushes:  # (PSH segments among them: their marks first)
+                for handle, ev, value in events:
+                    if ev == EVENT_PUSH:
+                        obj = tcps.get(handle)
+                        if obj is not None:
+                            obj.push_marks.append(value)
             # nothing but data (the receiving end of a bulk transfer): the handles in the
             # order of their first event, found at C speed
             for handle in dict.fromkeys(handles):
@@ -1438,6 +1451,8 @@ class OffloadTarget(Miniport):
                 obj.retrieve_reasons.append(int(value))
             elif ev == EVENT_FIN_ACKED:
                 obj.fin_acked = True
+            elif ev == EVENT_PUSH:
+                obj.push_marks.append(value)
             dirty.add(handle)
 
     def process_events(self) -> None:
@@ -1564,6 +1579,12 @@ class OffloadTarget(Miniport):
                     if p.filled == p.room and (p.room or self._available(obj)):
                         obj.posts.popleft()  # full (a zero-byte post: data is ready)
                         completed.append(self._finish(p.nbl, NdisStatus.SUCCESS, p.filled))
+                        if obj.push_marks:
+                            self._pushed_into(obj, p.filled)  # (drops the marks it held)
+                        continue
+                    if p.push and p.filled and obj.push_marks and self._pushed_into(obj, p.filled):
+                        obj.posts.popleft()  # holds the last byte of a PSH segment (T.2)
+                        completed.append(self._finish(p.nbl, NdisStatus.SUCCESS, p.filled))
                         continue
                     if p.push and p.filled and self.push_on_drain and self._available(obj) == 0:
                         obj.posts.popleft()  # PSH on the last segment (module docstring)
@@ -1590,6 +1611,8 @@ class OffloadTarget(Miniport):
                     obj.NdisOffloadHandle, nbl, NdisStatus.SUCCESS)
                 self._count("indications")
                 if status == NdisStatus.SUCCESS:
+                    if obj.push_marks:
+                        self._pushed_into(obj, 0)  # delivered: their marks are done
                     continue
                 obj.indicated.pop(id(nbl), None)  # not accepted: the NBL stays ours
                 keep = data[consumed:] if status == NdisStatus.OFFLOAD_DATA_PARTIALLY_ACCEPTED else data
@@ -1600,6 +1623,27 @@ class OffloadTarget(Miniport):
                     return
         finally:
             obj.delivering = False
+
+    def _pushed_into(self, obj: TcpObject, filled: int) -> bool:
+        """Whether the last ``filled`` bytes delivered (a receive buffer's contents) hold the
+        last byte of a PSH segment; the marks of everything delivered are dropped."""
+        if not (self.datapath and obj.handle in self.tcps and self.table.is_active(obj.handle)):
+            obj.push_marks.clear()
+            return False
+        # the sequence number after the last byte delivered: what the data path holds and
+        # what this side holds (rx_held) end at RcvNxt
+        end = (self.table.get_field(obj.handle, "RcvNxt") - (1 if obj.fin_received else 0)
+               - self.table.receive_available(obj.handle) - len(obj.rx_held)) % _SEQ
+        marks = obj.push_marks
+        hit = False
+        while marks:
+            behind = (end - marks[0]) % _SEQ  # how far the mark lies before the end
+            if behind >= _SEQ // 2:
+                break  # not delivered yet
+            if behind < filled:
+                hit = True  # in (end - filled, end]
+            marks.popleft()
+        return hit
 
     def _push_expired(self, obj: TcpObject) -> None:
         """T.2 flowchart 4: complete a partially filled push-mode buffer."""

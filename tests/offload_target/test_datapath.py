@@ -25,6 +25,7 @@ if table_mod.HAS_DATAPATH:
     SEND_ACKED, DATA, FIN_EV, RST_EV, RETRIEVE, FIN_ACKED = (
         m.EVENT_SEND_ACKED, m.EVENT_DATA, m.EVENT_FIN, m.EVENT_RST, m.EVENT_RETRIEVE,
         m.EVENT_FIN_ACKED)
+    PUSH = m.EVENT_PUSH
 
 LOCAL_IP = bytes([198, 18, 0, 1])
 REMOTE_IP = bytes([198, 18, 0, 2])
@@ -148,8 +149,10 @@ class Rig:
         self.t._validate()
         return out
 
-    def events(self) -> list[tuple[int, int]]:
-        return [(ev, v) for h, ev, v in self.t.events() if h == self.h]
+    def events(self, *, pushes: bool = False) -> list[tuple[int, int]]:
+        """This connection's events (EVENT_PUSH only with ``pushes``: test_datapath_push.py)."""
+        return [(ev, v) for h, ev, v in self.t.events()
+                if h == self.h and (pushes or ev != PUSH)]
 
     def field(self, name: str) -> int:
         return self.t.get_field(self.h, name)

@@ -313,13 +313,40 @@ def test_push_mode_buffer_completes_partially(make_rig) -> None:
     assert [e for e in rig.host.events if e[0] == "ReceivedData"] == [("ReceivedData", b"hello")]
 
 
-def test_push_timer_completes_partial_buffer(fake_rig) -> None:
-    rig = fake_rig(push_on_drain=False)
+def test_psh_completes_the_buffer_holding_its_last_byte(make_rig) -> None:
+    """T.2: a partially filled push-mode buffer completes when a segment with PSH arrives --
+    the buffer that holds that segment's last byte, not one filled before it."""
+    rig = make_rig()
     rig.offload()
     peer = Peer(40000)
     rig.host.post_receive("T", 100)
     rig.run()
-    rig.frame_in(peer.data(b"abc"))
+    rig.frame_in(peer.data(b"no push yet, ", push=False))
+    assert [e for e in rig.host.events if e[0] == "ReceivedData"] == []  # waits (timer)
+    rig.frame_in(peer.data(b"pushed"))
+    assert [e for e in rig.host.events if e[0] == "ReceivedData"] == [
+        ("ReceivedData", b"no push yet, pushed")]
+    # a PSH whose last byte went into a buffer that was then filled completely: the next
+    # partially filled buffer does not complete on that (old) push
+    rig.host.post_receive("T", 4)
+    rig.host.post_receive("T", 100)
+    rig.run()
+    rig.frame_in(peer.data(b"full"))  # PSH, exactly fills the 4-byte buffer
+    rig.frame_in(peer.data(b"tail", push=False))
+    got = [e[1] for e in rig.host.events if e[0] == "ReceivedData"]
+    assert got == [b"no push yet, pushed", b"full"]  # "tail" waits for the push timer
+    rig.advance(0.6)
+    got = [e[1] for e in rig.host.events if e[0] == "ReceivedData"]
+    assert got == [b"no push yet, pushed", b"full", b"tail"]
+
+
+def test_push_timer_completes_partial_buffer(make_rig) -> None:
+    rig = make_rig()
+    rig.offload()
+    peer = Peer(40000)
+    rig.host.post_receive("T", 100)
+    rig.run()
+    rig.frame_in(peer.data(b"abc", push=False))  # no PSH: only the push timer completes it
     assert [e for e in rig.host.events if e[0] == "ReceivedData"] == []
     assert rig.target.next_deadline() == pytest.approx(0.5)
     rig.advance(0.6)

@@ -24,6 +24,7 @@ from offload_target.miniport import (
     EVENT_DATA,
     EVENT_FIN,
     EVENT_FIN_ACKED,
+    EVENT_PUSH,
     EVENT_RETRIEVE,
     EVENT_RST,
     EVENT_SEND_ACKED,
@@ -107,6 +108,9 @@ class FakeDataPathTable:
         self.t.set_fields(handle, **{k: v for k, v in fields.items() if k in pytable.FIELDS})
 
     def get_field(self, handle: int, name: str) -> int:
+        c = self.conns.get(handle)
+        if name == "RcvNxt" and c is not None and c.activated:
+            return c.rcv_nxt  # (the fake keeps the live value)
         return self.t.get_field(handle, name)
 
     def get_state(self, handle: int) -> dict[str, int]:
@@ -229,6 +233,8 @@ class FakeDataPathTable:
             c.rcv_nxt = (c.rcv_nxt + len(take)) % SEQ
             c.owe_ack = True
             self._events.append((h, EVENT_DATA, len(c.rcv_buf)))
+            if seg.flags & TcpFlags.PSH and len(take) == len(seg.payload):
+                self._events.append((h, EVENT_PUSH, c.rcv_nxt))
         if seg.flags & TcpFlags.FIN and (seg.seq + len(seg.payload)) % SEQ == c.rcv_nxt:
             c.rcv_nxt = (c.rcv_nxt + 1) % SEQ
             c.owe_ack = True
