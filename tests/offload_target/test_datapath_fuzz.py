@@ -157,7 +157,7 @@ def test_mutated_valid_frames(steps):
         check_output(t.poll(now))
         t._validate()
         for h, ev, _v in t.events():
-            assert h in handles and 1 <= ev <= 6
+            assert h in handles and 1 <= ev <= 7  # EVENT_SEND_ACKED .. EVENT_PUSH
     for h in handles[:len(CONNS)]:
         t.export(h, now)
         t.receive_take(h)
