@@ -6,7 +6,7 @@
  * Roughly this Python (with threads that never touch Python objects):
  *
  *     class TxRing:                                  # host -> device
- *         def __init__(self, fd, capacity_bytes=4 MiB): ...   # starts the writer thread
+ *         def __init__(self, fd, capacity_bytes=4 MiB, *, priority=0): ...  # starts the writer
  *         def submit(self, frames) -> int:           # copy frames in; waits while full
  *             for f in frames: ring.put(len(f), bytes(f)); wake writer; return len(frames)
  *         def flush(self, timeout=None) -> bool:     # True once every frame was written
@@ -16,7 +16,7 @@
  *         #   EINTR retried, any other error: counted per errno and the frame dropped)
  *
  *     class RxRing:                                  # device -> host
- *         def __init__(self, fd, capacity_bytes=4 MiB, max_frame=65546): ...
+ *         def __init__(self, fd, capacity_bytes=4 MiB, max_frame=65546, *, priority=0): ...
  *         def take(self, max_frames=64) -> list[bytes]:   # oldest first, never blocks
  *         def fileno(self) -> int:                   # eventfd: readable while not empty
  *         def close(self): ...; def stats(self) -> dict: ...
@@ -42,6 +42,20 @@
  * slices so Ctrl-C (PyErr_CheckSignals) still interrupts them.  Each thread also polls an
  * eventfd ("stop") that close() signals, so one blocked in poll() returns at once.
  *
+ * priority=N (N > 0) lets the thread run SCHED_FIFO at priority N when the process may
+ * (root / CAP_SYS_NICE; otherwise it stays SCHED_OTHER and stats()["realtime"] is False):
+ * the RX reader all the time; the TX writer only while it writes a burst of at least
+ * TIO_BOOST_BYTES (32 KiB; stats()["boosts"] counts them), back to normal scheduling when
+ * the ring is empty.  Why: every write(2) to a TAP runs the kernel peer's receive path in
+ * the writer and wakes the peer's reader with a "sync" wakeup, which the scheduler places on
+ * the writer's CPU, where it preempts the writer -- one frame per wakeup, writer and reader
+ * taking turns.  A SCHED_FIFO writer is not preempted by them: it keeps writing while the
+ * reader runs on the other CPU (or later, reading many frames per wakeup).  Only for bursts:
+ * a writer woken at SCHED_FIFO for every few ACKs (a download) would preempt the run loop
+ * that queued them, each time.  The threads never spin: they block on their condition
+ * variable or in poll() whenever there is nothing to do, so they take the CPU only for work
+ * that has to be done anyway (and the kernel's RT throttling bounds them in any case).
+ *
  * The file descriptor is not owned: it must be non-blocking and stay open until close()
  * (vnic.tap.TapDevice closes its rings first, then the TAP).  In a forked child the threads
  * do not exist: close()/dealloc there only mark the ring closed, and every method raises.
@@ -57,6 +71,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -75,6 +90,7 @@
 #define TIO_MAX_PARTS 16                       /* pieces of one frame given as a tuple */
 #define TIO_WAIT_SLICE 0.1                     /* seconds between signal checks while waiting */
 #define TIO_ERROR_BACKOFF_MS 10                /* reader pause after an unexpected read error */
+#define TIO_BOOST_BYTES (32u << 10)            /* TX burst that runs SCHED_FIFO (priority=) */
 
 /* ------------------------------------------------------------------ ring ---- */
 
@@ -149,6 +165,8 @@ typedef struct {
     int thread_started;
     int closed;             /* close() ran (Python side; GIL) */
     int busy;               /* a Python call is using the ring (GIL) */
+    int priority;           /* asked for: SCHED_FIFO priority of the thread, 0 = normal */
+    int realtime;           /* priority= granted: the thread may run SCHED_FIFO (EPERM: no) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond_data;   /* the ring gained entries (or stop) */
@@ -291,6 +309,47 @@ core_init(tio_core *c, int fd, uint64_t capacity)
     return 0;
 }
 
+/* The calling thread to SCHED_FIFO at priority (> 0) or back to SCHED_OTHER (0); 0 if done. */
+static int
+set_fifo(int priority)
+{
+    struct sched_param sp;
+    memset(&sp, 0, sizeof sp);
+    sp.sched_priority = priority;
+    return pthread_setschedparam(pthread_self(), priority > 0 ? SCHED_FIFO : SCHED_OTHER, &sp);
+}
+
+/* At the start of a ring thread: may it run SCHED_FIFO (c->priority > 0 asks)?  The RX
+ * reader stays SCHED_FIFO (keep = 1); the TX writer goes back to normal scheduling and is
+ * boosted per burst (tx_main).  Sets c->realtime under the mutex. */
+static void
+thread_sched_init(tio_core *c, int keep)
+{
+    int ok = 0;
+    if (c->priority > 0 && set_fifo(c->priority) == 0) {
+        ok = 1;
+        if (!keep) {
+            (void)set_fifo(0);
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    c->realtime = ok;
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* priority= of the constructors: 0 (normal scheduling) or a SCHED_FIFO priority. */
+static int
+check_priority(int priority)
+{
+    int hi = sched_get_priority_max(SCHED_FIFO);
+    if (priority < 0 || priority > (hi > 0 ? hi : 99)) {
+        PyErr_Format(PyExc_ValueError, "priority must be 0 (normal) .. %d (SCHED_FIFO), not %d",
+                     hi > 0 ? hi : 99, priority);
+        return -1;
+    }
+    return 0;
+}
+
 static int
 core_start(tio_core *c, void *(*main)(void *), void *arg)
 {
@@ -425,6 +484,7 @@ typedef struct {
     /* under mu */
     uint64_t submitted;     /* frames copied in by submit() */
     uint64_t discarded;     /* frames still queued when the ring was closed */
+    uint64_t boosts;        /* bursts written at SCHED_FIFO */
 } TxRing;
 
 /* Write one entry: 0 written, an errno when the frame is dropped, -1 when told to stop. */
@@ -461,9 +521,16 @@ tx_main(void *arg)
 {
     TxRing *self = arg;
     tio_core *c = &self->core;
+    int boosted = 0;        /* running SCHED_FIFO for the current burst */
+    thread_sched_init(c, 0);
     pthread_setname_np(pthread_self(), "vnic-tapio-tx");   /* shows in top -H, /proc */
     pthread_mutex_lock(&c->mu);
+    const int may_boost = c->realtime;
     for (;;) {
+        if (boosted && c->ring.head == c->ring.tail) {
+            (void)set_fifo(0);  /* the burst is written: normal scheduling while idle */
+            boosted = 0;
+        }
         while (c->ring.head == c->ring.tail && !c->stopping) {
             c->thread_idle = 1;
             pthread_cond_wait(&c->cond_data, &c->mu);
@@ -473,6 +540,10 @@ tx_main(void *arg)
             break;
         }
         uint64_t pos = c->ring.head, tail = c->ring.tail;
+        if (may_boost && !boosted && tail - pos >= TIO_BOOST_BYTES && set_fifo(c->priority) == 0) {
+            boosted = 1;
+            self->boosts++;
+        }
         pthread_mutex_unlock(&c->mu);
         while (pos != tail) {
             uint32_t len = ring_len_at(&c->ring, pos);
@@ -511,12 +582,16 @@ out:
 static PyObject *
 txring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "capacity_bytes", NULL};
+    static char *kwlist[] = {"fd", "capacity_bytes", "priority", NULL};
     PyObject *fd_obj, *cap_obj = NULL;
     uint64_t cap = TIO_DEFAULT_CAPACITY;
-    int fd;
+    int fd, priority = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:TxRing", kwlist, &fd_obj, &cap_obj)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$i:TxRing", kwlist, &fd_obj, &cap_obj,
+                                     &priority)) {
+        return NULL;
+    }
+    if (check_priority(priority) < 0) {
         return NULL;
     }
     if (parse_fd(fd_obj, &fd) < 0) {
@@ -532,6 +607,7 @@ txring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     /* tp_alloc zeroed the object; an early dealloc must not close fd 0 */
     self->core.stopfd = -1;
+    self->core.priority = priority;
     if (core_init(&self->core, fd, cap) < 0 || core_start(&self->core, tx_main, self) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -823,7 +899,8 @@ txring_stats(TxRing *self, PyObject *Py_UNUSED(ignored))
 {
     tio_core *c = &self->core;
     uint64_t frames = 0, bytes = 0, errors = 0, full = 0, submitted = 0, discarded = 0;
-    uint64_t pending_frames = 0, pending_bytes = 0;
+    uint64_t pending_frames = 0, pending_bytes = 0, boosts = 0;
+    int realtime = 0;
     uint64_t by_errno[TIO_NERRNO];
     memset(by_errno, 0, sizeof by_errno);
     if (c->owner != getpid()) {
@@ -838,6 +915,8 @@ txring_stats(TxRing *self, PyObject *Py_UNUSED(ignored))
         full = c->full_waits;
         submitted = self->submitted;
         discarded = self->discarded;
+        boosts = self->boosts;
+        realtime = c->realtime;
         pending_frames = c->closed ? 0 : c->ring.nframes;
         pending_bytes = c->closed ? 0 : c->ring.tail - c->ring.head;
         memcpy(by_errno, c->err_by_errno, sizeof by_errno);
@@ -848,14 +927,15 @@ txring_stats(TxRing *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     PyObject *d = Py_BuildValue(
-        "{sKsKsKsNsKsKsKsKsKsKsO}",
+        "{sKsKsKsNsKsKsKsKsKsKsOsOsK}",
         "frames", (unsigned long long)frames, "bytes", (unsigned long long)bytes,
         "errors", (unsigned long long)errors, "errno", errs,
         "full_waits", (unsigned long long)full, "submitted", (unsigned long long)submitted,
         "pending_frames", (unsigned long long)pending_frames,
         "pending_bytes", (unsigned long long)pending_bytes,
         "discarded", (unsigned long long)discarded,
-        "capacity", (unsigned long long)c->ring.cap, "closed", c->closed ? Py_True : Py_False);
+        "capacity", (unsigned long long)c->ring.cap, "closed", c->closed ? Py_True : Py_False,
+        "realtime", realtime ? Py_True : Py_False, "boosts", (unsigned long long)boosts);
     return d;
 }
 
@@ -892,7 +972,8 @@ static PyMethodDef txring_methods[] = {
      "stats($self, /)\n--\n\n"
      "Dict: frames/bytes written, errors (dropped frames; 'errno' = {errno: count}),\n"
      "full_waits (submit calls that waited for room), submitted, pending_frames,\n"
-     "pending_bytes, discarded (queued at close), capacity, closed."},
+     "pending_bytes, discarded (queued at close), capacity, closed, realtime (the thread\n"
+     "may run SCHED_FIFO: priority= granted), boosts (bursts written at SCHED_FIFO)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -902,9 +983,11 @@ static PyGetSetDef txring_getset[] = {
 };
 
 PyDoc_STRVAR(txring_doc,
-"TxRing(fd, capacity_bytes=4194304)\n--\n\n"
+"TxRing(fd, capacity_bytes=4194304, *, priority=0)\n--\n\n"
 "Transmit ring: submit() copies frames into a byte ring, a writer thread write(2)s each as\n"
-"one frame to the non-blocking fd (a TAP).  The fd is not owned: close the ring first.");
+"one frame to the non-blocking fd (a TAP).  The fd is not owned: close the ring first.\n"
+"priority > 0: the thread writes bursts of 32 KiB or more at SCHED_FIFO (that priority)\n"
+"when the process may (stats()['realtime'] says whether it may, 'boosts' counts them).");
 
 static PyType_Slot txring_slots[] = {
     {Py_tp_doc, (void *)txring_doc},
@@ -978,6 +1061,7 @@ rx_main(void *arg)
     RxRing *self = arg;
     tio_core *c = &self->core;
     uint64_t need = TIO_HDR + self->max_frame;
+    thread_sched_init(c, 1);
     pthread_setname_np(pthread_self(), "vnic-tapio-rx");
     pthread_mutex_lock(&c->mu);
     for (;;) {
@@ -1048,13 +1132,16 @@ out:
 static PyObject *
 rxring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "capacity_bytes", "max_frame", NULL};
+    static char *kwlist[] = {"fd", "capacity_bytes", "max_frame", "priority", NULL};
     PyObject *fd_obj, *cap_obj = NULL, *max_obj = NULL;
     uint64_t cap = TIO_DEFAULT_CAPACITY, max_frame = TIO_DEFAULT_MAX_FRAME;
-    int fd;
+    int fd, priority = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:RxRing", kwlist, &fd_obj, &cap_obj,
-                                     &max_obj)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$i:RxRing", kwlist, &fd_obj, &cap_obj,
+                                     &max_obj, &priority)) {
+        return NULL;
+    }
+    if (check_priority(priority) < 0) {
         return NULL;
     }
     if (parse_fd(fd_obj, &fd) < 0) {
@@ -1078,6 +1165,7 @@ rxring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->core.stopfd = -1;
+    self->core.priority = priority;
     self->evfd = -1;
     self->max_frame = max_frame;
     if (core_init(&self->core, fd, cap) < 0) {
@@ -1215,7 +1303,7 @@ rxring_stats(RxRing *self, PyObject *Py_UNUSED(ignored))
     tio_core *c = &self->core;
     uint64_t frames = 0, bytes = 0, errors = 0, full = 0, taken = 0;
     uint64_t pending_frames = 0, pending_bytes = 0;
-    int eof = 0;
+    int eof = 0, realtime = 0;
     uint64_t by_errno[TIO_NERRNO];
     memset(by_errno, 0, sizeof by_errno);
     if (c->owner != getpid()) {
@@ -1230,6 +1318,7 @@ rxring_stats(RxRing *self, PyObject *Py_UNUSED(ignored))
         full = c->full_waits;
         taken = self->taken;
         eof = self->eof;
+        realtime = c->realtime;
         pending_frames = c->ring.nframes;
         pending_bytes = c->ring.tail - c->ring.head - TIO_HDR * c->ring.nframes;
         memcpy(by_errno, c->err_by_errno, sizeof by_errno);
@@ -1240,7 +1329,7 @@ rxring_stats(RxRing *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     return Py_BuildValue(
-        "{sKsKsKsNsKsKsKsKsOsKsKsO}",
+        "{sKsKsKsNsKsKsKsKsOsKsKsOsO}",
         "frames", (unsigned long long)frames, "bytes", (unsigned long long)bytes,
         "errors", (unsigned long long)errors, "errno", errs,
         "full_waits", (unsigned long long)full, "taken", (unsigned long long)taken,
@@ -1249,7 +1338,8 @@ rxring_stats(RxRing *self, PyObject *Py_UNUSED(ignored))
         "eof", eof ? Py_True : Py_False,
         "capacity", (unsigned long long)c->ring.cap,
         "max_frame", (unsigned long long)self->max_frame,
-        "closed", c->closed ? Py_True : Py_False);
+        "closed", c->closed ? Py_True : Py_False,
+        "realtime", realtime ? Py_True : Py_False);
 }
 
 static PyObject *
@@ -1282,7 +1372,7 @@ static PyMethodDef rxring_methods[] = {
      "stats($self, /)\n--\n\n"
      "Dict: frames/bytes read, errors ('errno' = {errno: count}), full_waits (times the\n"
      "reader waited for room), taken, pending_frames, pending_bytes, eof, capacity,\n"
-     "max_frame, closed."},
+     "max_frame, closed, realtime (the thread runs SCHED_FIFO)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1295,7 +1385,9 @@ PyDoc_STRVAR(rxring_doc,
 "RxRing(fd, capacity_bytes=4194304, max_frame=65546)\n--\n\n"
 "Receive ring: a reader thread read(2)s frames from the non-blocking fd (a TAP) into a\n"
 "byte ring while it has room for max_frame bytes (longer frames are truncated by read);\n"
-"take() returns them.  The fd is not owned: close the ring first.");
+"take() returns them.  The fd is not owned: close the ring first.\n"
+"priority > 0: the thread runs SCHED_FIFO at that priority when the process may\n"
+"(stats()['realtime'] says whether it does; otherwise normal scheduling).");
 
 static PyType_Slot rxring_slots[] = {
     {Py_tp_doc, (void *)rxring_doc},

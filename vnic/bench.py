@@ -83,7 +83,7 @@ def render_table(r: dict[str, Any]) -> str:
 
 
 def bench_offload(size: int, progress: Progress | None = None, *, sim_only: bool = False,
-                  ) -> dict[str, Any]:
+                  only: str | None = None) -> dict[str, Any]:
     """One bulk connection in the host stack vs offloaded to the emulated NIC, each direction,
     on the simulated wire and (with privileges, unless ``sim_only``) over TAP against the
     kernel peer (:mod:`vnic.bench_offload`)."""
@@ -98,7 +98,7 @@ def bench_offload(size: int, progress: Progress | None = None, *, sim_only: bool
     from vnic.lab import LabError
 
     try:
-        result = run(size, progress, tap=not reason)
+        result = run(size, progress, tap=not reason, only=only)
     except LabError as exc:
         raise UsageError(f"cannot set up the lab: {exc}; --sim runs the simulated part only") from exc
     result["tap_skipped"] = reason or None

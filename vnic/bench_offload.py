@@ -304,10 +304,11 @@ def _phases_download(h: _Connection, run_until: RunUntil, size: int, timer: _Nod
     return host_fig, off_fig
 
 
-def run_sim(size: int, progress: Progress | None = None) -> dict[str, Any]:
+def run_sim(size: int, progress: Progress | None = None, *,
+            directions: tuple[str, ...] = ("up", "down")) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     out: dict[str, Any] = {"wire": "sim"}
-    for direction in ("up", "down"):
+    for direction in directions:
         say(f"sim: {direction}load, {size} bytes in the host stack then {size} offloaded")
         out[direction] = _sim_direction(size, direction)
     return out
@@ -380,8 +381,14 @@ def _tap_direction(lab: Any, size: int, direction: str, say: Progress) -> dict[s
                       and c.get("sha256_sent") == h.received.hexdigest())
         intact = intact and not h.error and not c.get("error")
         dp = oh.target.table.datapath_counters()
+        rings = lab.tap.ring_stats()
+        # the TX writer's scheduling (vnic.tap.TX_PRIORITY): may it run SCHED_FIFO, and how
+        # many bursts it wrote at SCHED_FIFO (both phases alike: the lab's TAP serves both)
+        tx_sched = ({"realtime": rings["tx"].get("realtime"), "boosts": rings["tx"].get("boosts")}
+                    if rings else None)
         return _direction_result(host_fig, off_fig, bool(intact),
                                  {"loop": loop.stats.as_dict(), "offloads": oh.chimney.counters["offloads"],
+                                  "tx_ring_sched": tx_sched,
                                   "target_frames_out": dp.get("frames_out"),
                                   "target_tso_frames_out": dp.get("tso_frames_out")})
     finally:
@@ -389,7 +396,7 @@ def _tap_direction(lab: Any, size: int, direction: str, say: Progress) -> dict[s
 
 
 def run_tap(size: int, progress: Progress | None = None, *, tap_offload: bool = False,
-            ) -> dict[str, Any]:
+            directions: tuple[str, ...] = ("up", "down")) -> dict[str, Any]:
     """The TAP part in one mode: one MTU frame per write/read (``tap_offload=False``), or with
     virtio-net offload (``Lab(tap_offload=True)``): TCP super-segments both ways, sent by the
     host stack and by the NIC alike (TSO) and received GRO'd."""
@@ -404,26 +411,47 @@ def run_tap(size: int, progress: Progress | None = None, *, tap_offload: bool = 
         say(f"lab {lab.namespace}: host {lab.host_ip} behind TAP {lab.tap_name}, "
             f"Linux peer {lab.peer_ip}" + (" (virtio-net offload)" if tap_offload else ""))
         out["lab"] = lab.name
-        for direction in ("up", "down"):
+        for direction in directions:
             say(f"{name}: {direction}load, {size} bytes in the host stack then {size} offloaded")
             out[direction] = _tap_direction(lab, size, direction, say)
     return out
 
 
-def run(size: int, progress: Progress | None = None, *, tap: bool = True) -> dict[str, Any]:
-    """The whole benchmark; ``tap=False`` runs the simulated part only."""
+#: ``--only`` values: one part of the benchmark (``MODE`` or ``MODE:DIRECTION``)
+ONLY_MODES = ("sim", "tap", "tap_offload")
+
+
+def parse_only(only: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """``"tap_offload:down"`` -> ``("tap_offload", ("down",))``; ``None`` -> everything.
+    Raises ValueError on anything else."""
+    if not only:
+        return None, ("up", "down")
+    mode, _, direction = only.partition(":")
+    if mode not in ONLY_MODES or direction not in ("", "up", "down"):
+        raise ValueError(f"--only {only!r}: expected MODE[:up|down], MODE one of "
+                         + ", ".join(ONLY_MODES))
+    return mode, (direction,) if direction else ("up", "down")
+
+
+def run(size: int, progress: Progress | None = None, *, tap: bool = True,
+        only: str | None = None) -> dict[str, Any]:
+    """The whole benchmark; ``tap=False`` runs the simulated part only; ``only``
+    (``MODE[:DIRECTION]``, :func:`parse_only`) runs one part (for iterating on one figure)."""
     if not has_datapath():
         from vnic.cli import UsageError
 
         raise UsageError("the offload target's C data path is not built "
                          "(python setup.py build_ext --inplace)")
-    result: dict[str, Any] = {"bytes": size, "goal_ratio": GOAL_RATIO, "mtu": 1500,
-                              "sim": run_sim(size, progress)}
+    mode, dirs = parse_only(only)
+    sim = run_sim(size, progress, directions=dirs) if mode in (None, "sim") else None
+    result: dict[str, Any] = {"bytes": size, "goal_ratio": GOAL_RATIO, "mtu": 1500, "sim": sim}
     # the TAP part in both modes: per-frame, then virtio-net offload (TSO/GRO) in both phases
-    result["tap"] = run_tap(size, progress) if tap else None
-    result["tap_offload"] = run_tap(size, progress, tap_offload=True) if tap else None
+    result["tap"] = (run_tap(size, progress, directions=dirs)
+                     if tap and mode in (None, "tap") else None)
+    result["tap_offload"] = (run_tap(size, progress, tap_offload=True, directions=dirs)
+                             if tap and mode in (None, "tap_offload") else None)
     parts = [p for p in (result["sim"], result["tap"], result["tap_offload"]) if p]
-    result["intact"] = all(p[d]["intact"] for p in parts for d in ("up", "down"))
+    result["intact"] = all(p[d]["intact"] for p in parts for d in ("up", "down") if d in p)
     return result
 
 
@@ -441,6 +469,8 @@ def render(r: dict[str, Any]) -> str:
             continue
         lines.append(f"  {title}:")
         for d in ("up", "down"):
+            if d not in part:
+                continue
             x = part[d]
             line = (f"    {d + 'load':9s} host stack {x['host']['mbytes_per_s']:9.2f} MB/s   "
                     f"offloaded {x['offloaded']['mbytes_per_s']:9.2f} MB/s   "

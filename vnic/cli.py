@@ -126,8 +126,13 @@ def cmd_bench_host(args: argparse.Namespace) -> int:
 
 def cmd_bench_offload(args: argparse.Namespace) -> int:
     from vnic import bench
+    from vnic.bench_offload import parse_only
 
-    result = bench.bench_offload(size=args.bytes, sim_only=args.sim,
+    try:
+        parse_only(args.only)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    result = bench.bench_offload(size=args.bytes, sim_only=args.sim, only=args.only,
                                  progress=None if args.json else _progress_printer())
     emit(result, args.json, bench.render_offload)
     return EXIT_OK if result["intact"] else EXIT_FAILED
@@ -344,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     offload.add_argument("--bytes", type=parse_size, default=parse_size("32MiB"), metavar="SIZE",
                          help="bytes per phase and direction (default 32MiB)")
     offload.add_argument("--sim", action="store_true", help="the simulated wire only (no lab)")
+    offload.add_argument("--only", metavar="MODE[:DIR]",
+                         help="run one part only, for iterating on one figure: MODE is sim, "
+                              "tap or tap_offload, DIR up or down (default: both)")
     offload.add_argument("--json", action="store_true")
     offload.set_defaults(func=cmd_bench_offload)
     handoff = bench_sub.add_parser(

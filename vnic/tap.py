@@ -14,7 +14,10 @@ Two ways to move the frames:
   kernel peer's receive processing that runs inside that syscall); a reader thread reads
   frames (``read(2)``) into an :class:`~vnic._tapio.RxRing` that ``read_frames`` takes from, and
   ``fileno()`` is the RX ring's eventfd (readable while frames wait), so the loop's
-  ``select`` works unchanged.  A frame the kernel refuses is dropped by the writer and counted
+  ``select`` works unchanged.  The writer writes bursts (32 KiB or more) at SCHED_FIFO
+  (:data:`TX_PRIORITY`) when the process may (``VNIC_TAP_RT=0``: normal scheduling), so that
+  the kernel peer's reader, which every TAP write wakes onto the writer's CPU, does not
+  preempt it frame by frame.  A frame the kernel refuses is dropped by the writer and counted
   in ``write_drops`` (later, not in the return value of the write that queued it).
 * **direct** (``rings=False``): the run loop's thread does the syscalls itself; the hot
   methods are deliberately plain: one ``os.read`` per frame until ``EAGAIN`` (``os.read``
@@ -38,6 +41,7 @@ import struct
 from types import TracebackType
 
 from vnic import vnet
+from vnic.alloc import keep_large_buffers_in_heap
 
 try:
     from vnic import _tapio
@@ -67,6 +71,20 @@ DEFAULT_READ_SIZE = 2048
 RINGS_ENV = "VNIC_TAP_RINGS"
 #: bytes of each ring (TX and RX)
 RING_BYTES = 4 << 20
+#: environment variable: "0" keeps the TX ring's writer thread at normal scheduling
+RT_ENV = "VNIC_TAP_RT"
+#: SCHED_FIFO priority of the TX ring's writer thread while it writes a burst (32 KiB or more;
+#: the lowest real-time priority; see ``vnic/_tapio.c``: a TAP write runs the kernel peer's
+#: receive path and wakes its reader onto the writer's CPU, where, at normal priority, it
+#: preempts the writer for every frame)
+TX_PRIORITY = 1
+
+
+def default_tx_priority() -> int:
+    """The TX writer's SCHED_FIFO priority: :data:`TX_PRIORITY`, or 0 (normal scheduling)
+    when ``$VNIC_TAP_RT`` is "0".  Without the privilege the thread stays at normal
+    scheduling anyway (``ring_stats()["tx"]["realtime"]``)."""
+    return 0 if os.environ.get(RT_ENV, "").strip() == "0" else TX_PRIORITY
 
 
 def default_rings() -> bool:
@@ -158,9 +176,10 @@ class TapDevice:
             raise TapError(errno.EINVAL, f"kernel named the TAP {actual!r}, wanted {name!r}")
         self._fd = fd
         self._fileno = fd
+        keep_large_buffers_in_heap()  # frame-sized buffers: heap, not fresh pages (vnic.alloc)
         if rings:
             try:
-                self._tx = _tapio.TxRing(fd, RING_BYTES)
+                self._tx = _tapio.TxRing(fd, RING_BYTES, priority=default_tx_priority())
                 self._rx = _tapio.RxRing(fd, RING_BYTES, self.read_size)
             except BaseException:
                 self.close()

@@ -66,3 +66,27 @@ def test_bench_offload_without_privileges_runs_the_sim_part_and_says_so(
     assert cli.main(["bench", "offload", "--json", "--bytes", "256KiB"]) == cli.EXIT_OK
     r = json.loads(capsys.readouterr().out)
     assert r["tap"] is None and r["tap_skipped"] == "needs root (run with sudo)"
+
+
+def test_bench_offload_only_one_part(capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["bench", "offload", "--json", "--bytes", "1MiB", "--only", "sim:up"])
+    out = capsys.readouterr().out
+    assert status == cli.EXIT_OK, out
+    r = json.loads(out)
+    assert r["tap"] is None and r["tap_offload"] is None
+    assert set(r["sim"]) == {"wire", "up"} and r["sim"]["up"]["intact"] is True
+    assert r["intact"] is True
+
+
+@pytest.mark.parametrize("bad", ["tap:sideways", "wire", "sim:up:down", ":up"])
+def test_bench_offload_only_rejects_bad_values(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "offload", "--only", bad]) == cli.EXIT_USAGE
+    assert "--only" in capsys.readouterr().err
+
+
+def test_parse_only() -> None:
+    from vnic.bench_offload import parse_only
+
+    assert parse_only(None) == (None, ("up", "down"))
+    assert parse_only("tap") == ("tap", ("up", "down"))
+    assert parse_only("tap_offload:down") == ("tap_offload", ("down",))

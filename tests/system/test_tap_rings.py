@@ -93,6 +93,9 @@ def test_host_stack_transfer_through_the_rings(monkeypatch, tmp_path, tap_spy, l
         assert rx["taken"] == loop["frames_in"] == seen["frames_read"]
         assert tx["errors"] == 0 and rx["errors"] == 0
         assert tx["frames"] + tx["pending_frames"] == tx["submitted"]
+        # the writer asks for SCHED_FIFO (vnic.tap.TX_PRIORITY; granted when privileged), the
+        # reader keeps normal scheduling
+        assert isinstance(tx["realtime"], bool) and rx["realtime"] is False
         # with the virtio-net header every entry carries 10 more bytes than the frame
         hdr = 10 if tap_offload else 0
         assert tx["bytes"] <= seen["bytes_written"] + hdr * tx["submitted"]

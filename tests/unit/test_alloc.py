@@ -27,7 +27,19 @@ def test_sets_the_thresholds_once_and_reports_it(monkeypatch: pytest.MonkeyPatch
     assert alloc.keep_large_buffers_in_heap() is True
     assert alloc.keep_large_buffers_in_heap() is True  # idempotent: no second mallopt
     assert calls == [(alloc.M_MMAP_THRESHOLD, alloc.MMAP_THRESHOLD),
-                     (alloc.M_TRIM_THRESHOLD, alloc.TRIM_THRESHOLD)]
+                     (alloc.M_TRIM_THRESHOLD, alloc.TRIM_THRESHOLD),
+                     (alloc.M_TOP_PAD, alloc.TOP_PAD)]
+
+
+def test_the_environment_can_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(alloc, "_done", None)
+    monkeypatch.setenv(alloc.KEEP_HEAP_ENV, "0")
+
+    def no_call(*_a: object, **_k: object) -> None:
+        raise AssertionError("mallopt must not be looked up")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_call)
+    assert alloc.keep_large_buffers_in_heap() is False
 
 
 def test_refused_or_missing_mallopt_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:

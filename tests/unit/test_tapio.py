@@ -637,3 +637,77 @@ def test_taken_frames_are_plain_bytes_owned_by_the_caller(pair) -> None:
         assert type(frame) is bytes and sys.getrefcount(frame) == 2  # `frame` + the argument
     finally:
         rx.close()
+
+
+# ---- scheduling and the heap ------------------------------------------------------------------
+
+
+def ring_thread_policies() -> dict[str, int]:
+    """{"vnic-tapio-tx": policy, ...} of this process's ring threads (os.SCHED_*)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if name.startswith("vnic-tapio-"):
+                out[name] = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def test_priority_runs_the_threads_sched_fifo_when_allowed(pair) -> None:
+    a, b = pair
+    # the reader: SCHED_FIFO all the time; the writer: only while it writes a burst
+    for cls, fd, name, idle in ((TxRing, a.fileno(), "vnic-tapio-tx", os.SCHED_OTHER),
+                                (RxRing, b.fileno(), "vnic-tapio-rx", os.SCHED_FIFO)):
+        ring = cls(fd, priority=1)
+        try:
+            wait_until(lambda n=name: n in ring_thread_policies(), f"{name} named itself")
+            realtime = ring.stats()["realtime"]
+            # what the ring reports is what the kernel says (without the privilege: normal)
+            assert ring_thread_policies()[name] == (idle if realtime else os.SCHED_OTHER)
+            if os.geteuid() == 0:
+                assert realtime
+        finally:
+            ring.close()
+        plain = cls(fd)
+        try:
+            wait_until(lambda n=name: n in ring_thread_policies(), f"{name} named itself")
+            assert plain.stats()["realtime"] is False
+            assert ring_thread_policies()[name] == os.SCHED_OTHER
+        finally:
+            plain.close()
+    # a boosted writer and a SCHED_FIFO reader still move every frame, in order
+    frames = make_frames(11, 200, max_size=1514)
+    tx, rx = TxRing(a, priority=1), RxRing(b, priority=1)
+    try:
+        tx.submit(frames)
+        assert take_all(rx, len(frames)) == frames
+        assert tx.flush(HANG_GUARD)
+        st = tx.stats()
+        # 200 frames (far more than 32 KiB) went in one submit: at least one boosted burst
+        assert st["boosts"] >= 1 if st["realtime"] else st["boosts"] == 0
+        # back to normal scheduling once the ring is empty
+        wait_until(lambda: ring_thread_policies().get("vnic-tapio-tx") == os.SCHED_OTHER,
+                   "the writer is back at normal scheduling")
+    finally:
+        tx.close()
+        rx.close()
+    plain = TxRing(a)
+    try:
+        plain.submit(frames)
+        assert plain.flush(HANG_GUARD)  # (300 KB at most: the socket buffer holds them)
+        assert plain.stats()["boosts"] == 0
+    finally:
+        plain.close()
+
+
+def test_bad_priority(pair) -> None:
+    a, _ = pair
+    for cls in (TxRing, RxRing):
+        for bad in (-1, 100, 1 << 40):
+            with pytest.raises((ValueError, OverflowError)):
+                cls(a.fileno(), priority=bad)
+        with pytest.raises(TypeError):
+            cls(a.fileno(), priority="1")
