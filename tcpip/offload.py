@@ -1024,6 +1024,8 @@ class ChimneyHost(Protocol):
     def _room_freed(self, rec: OffloadedConnection) -> None:
         if rec.phase is not OffloadState.OFFLOADED or rec.posts_in_flight or rec.upload_wanted:
             return
+        if rec._eof or rec.aborted:
+            return  # the peer's FIN was indicated (or the connection is gone): no more data
         room = self.receive_limit - len(rec.rbuf)
         size = self.policy.post_receive_size
         if size > 0 and room >= size:
@@ -1042,6 +1044,7 @@ class ChimneyHost(Protocol):
 
     def TcpOffloadReceiveComplete(self, NetBufferList: NET_BUFFER_LIST) -> None:  # noqa: N802,N803
         touched: dict[int, OffloadedConnection] = {}
+        failed: dict[int, OffloadedConnection] = {}
         for nbl in list(iter_nbls(NetBufferList)):
             nbl.Next = None
             rec = nbl.ProtocolReserved[0]
@@ -1056,10 +1059,19 @@ class ChimneyHost(Protocol):
                 rec._delivered(n)
                 self.counters["bytes_received"] += n
             rec.posts_in_flight = max(0, rec.posts_in_flight - 1)
-            touched[id(rec)] = rec
+            if nbl.Status == NdisStatus.SUCCESS:
+                touched[id(rec)] = rec
+            else:
+                # refused (f.3: INVALID_STATE after the FIN, UPLOAD_IN_PROGRESS, ABORTED):
+                # posting again would be refused again, at once
+                failed[id(rec)] = rec
         for rec in touched.values():
             self._notify(rec)
-            self._room_freed(rec)
+            if id(rec) not in failed:
+                self._room_freed(rec)
+        for k, rec in failed.items():
+            if k not in touched:
+                self._notify(rec)
 
     # ---- disconnect ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from ndis import ConformanceChecker, Ndis
+from ndis.status import NdisStatus
 from offload_target import table as table_mod
 from offload_target.miniport import OffloadTarget
 from offload_target.nic import NicNode
@@ -338,3 +339,47 @@ def test_refused_indications_keep_the_window_closed_for_a_slow_application() -> 
     assert most["target"] <= (1 << 20) + 65536, most  # the target's receive buffer (+ rounding)
     assert sock.offload_state.name == "OFFLOADED"
     w.checker.assert_clean()
+
+
+def test_posted_receives_to_the_peers_fin_then_no_more_posts() -> None:
+    """The host keeps one posted receive buffer (direct placement, T.2); the peer sends and
+    closes: every byte arrives, then EOF.  After the disconnect indication the host posts no
+    more, and a post that completes with an error status is not simply posted again (a buffer
+    posted after the disconnect indication completes with INVALID_STATE, f.3: re-posting it
+    at once, inside the completion, looped forever -- seen over TAP)."""
+    from ndis.blocks import NET_BUFFER_LIST
+    from tcpip.offload import ChimneyPolicy
+
+    w = World()
+    w.chimney.policy = ChimneyPolicy(post_receive_size=64 * 1024)
+    hr, hw, pr, pw = w.connect()
+    sock = w.offload(hw)
+    data = payload(1_000_000, 9)
+    pw.write(data)
+    pw.close()
+    got = bytearray()
+    eof: list[bool] = []
+
+    async def read_all() -> None:
+        while chunk := await hr.read(100_000):
+            got.extend(chunk)
+        eof.append(True)
+
+    w.host.scheduler.spawn(read_all())
+    w.run_until(lambda: bool(eof), 20.0)
+    assert bytes(got) == data
+    rec = w.chimney.records[sock.key]
+    posts = w.chimney.counters["posts"]
+    assert 0 < posts <= len(data) // (64 * 1024) + 4  # about one per buffer filled
+    assert rec.eof_received
+    w.chimney._room_freed(rec)  # (what an application read triggers)
+    assert w.chimney.counters["posts"] == posts  # the FIN was indicated: no more posts
+    # a completion with an error status does not make the host post again
+    rec._eof = False
+    rec.posts_in_flight = 1
+    nbl = NET_BUFFER_LIST(64 * 1024)
+    nbl.ProtocolReserved[0] = rec
+    nbl.ProtocolReserved[1] = (0, nbl.DataOffset)
+    nbl.Status = NdisStatus.INVALID_STATE
+    w.chimney.TcpOffloadReceiveComplete(nbl)
+    assert w.chimney.counters["posts"] == posts and rec.posts_in_flight == 0
