@@ -222,7 +222,9 @@ class NET_BUFFER_LIST:
         self.TcpOffloadBytesTransferred: int = 0
         self.TcpReceiveNoPush: bool = False
         self.TcpReceiveBytesTransferred: int = 0
-        self.buffer = bytearray(data) if not isinstance(data, int) else bytearray(data)
+        # bytes are kept as they are (an indication's data, never written: no copy); a size
+        # or a bytearray gives a buffer of this NBL's own (a posted receive is written into)
+        self.buffer: bytes | bytearray = data if type(data) is bytes else bytearray(data)
         self.DataOffset = 0
         self.label = label or f"NBL{next(self._names)}"
         self._contexts: list[tuple[Any, Any]] = []

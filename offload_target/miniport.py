@@ -1222,6 +1222,8 @@ class OffloadTarget(Miniport):
             self._complete_io("receive", [self._finish(n, status) for n in nbls])
             return
         for nbl in nbls:
+            if type(nbl.buffer) is not bytearray:
+                nbl.buffer = bytearray(nbl.buffer)  # (an NBL made from bytes: filled here)
             obj.posts.append(_Post(nbl, nbl.DataLength))
             if nbl.TcpReceiveBytesTransferred and not nbl.TcpReceiveNoPush:
                 self._arm_push(obj)  # T.2: push timer at once
@@ -1405,15 +1407,18 @@ class OffloadTarget(Miniport):
         # EVENT_DATA (one per in-order data segment, so about one per frame under moderation)
         # only stamps the neighbor and marks the connection dirty: the same for every repeat
         # within one drain (now_ticks does not move here), so each handle's first one suffices
-        handles, kinds, _values = zip(*events, strict=True)
+        handles, kinds, values = zip(*events, strict=True)
         pushes = kinds.count(EVENT_PUSH)
         if kinds.count(EVENT_DATA) + pushes == len(kinds):
-            if pushes:  # (PSH segments among them: their marks first)
-                for handle, ev, value in events:
-                    if ev == EVENT_PUSH:
-                        obj = tcps.get(handle)
-                        if obj is not None:
-                            obj.push_marks.append(value)
+            # (PSH segments among them: their marks first, found by index at C speed -- a
+            # bulk sender pushes every few dozen segments, a Python loop over every event
+            # of the batch cost ~4% of an offloaded download)
+            i = -1
+            for _ in range(pushes):
+                i = kinds.index(EVENT_PUSH, i + 1)
+                obj = tcps.get(handles[i])
+                if obj is not None:
+                    obj.push_marks.append(values[i])
             # nothing but data (the receiving end of a bulk transfer): the handles in the
             # order of their first event, found at C speed
             for handle in dict.fromkeys(handles):
