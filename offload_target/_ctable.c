@@ -1253,6 +1253,12 @@ static PyMethodDef table_methods[] = {
     {"process_frame", FASTCALL(dp_process_frame), METH_FASTCALL,
      "process_frame($self, frame, now_ticks, /)\n--\n\n"
      "One received frame: FRAME_CONSUMED, FRAME_NOT_OURS or FRAME_PASS_UP."},
+    {"process_frames", FASTCALL(dp_process_frames), METH_FASTCALL,
+     "process_frames($self, frames, start, now_ticks, /)\n--\n\n"
+     "process_frame() for frames[start], frames[start + 1], ... while they are consumed.\n"
+     "Returns (index, verdict): the first frame not consumed and its verdict, or\n"
+     "(len(frames), FRAME_CONSUMED) when every one was.  The caller handles that frame (it\n"
+     "goes up the ordinary path before the next one is processed) and goes on from index + 1."},
     {"poll", (PyCFunction)dp_poll, METH_O,
      "poll($self, now_ticks, /)\n--\n\nFire due timers; the frames to transmit now."},
     {"next_deadline", (PyCFunction)dp_next_deadline, METH_NOARGS,

@@ -228,6 +228,7 @@ PyObject *dp_receive_take(CTable *self, PyObject *const *args, Py_ssize_t nargs)
 PyObject *dp_receive_available(CTable *self, PyObject *handle);
 PyObject *dp_receive_buffered(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_process_frame(CTable *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *dp_process_frames(CTable *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *dp_poll(CTable *self, PyObject *now);
 PyObject *dp_next_deadline(CTable *self, PyObject *ignored);
 PyObject *dp_events(CTable *self, PyObject *ignored);

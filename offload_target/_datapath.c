@@ -2406,24 +2406,15 @@ dp_receive_buffered(CTable *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-PyObject *
-dp_process_frame(CTable *self, PyObject *const *args, Py_ssize_t nargs)
+/* One frame of process_frame / process_frames: the verdict (counted), or -1 with an exception. */
+static int
+process_counted(CTable *self, PyObject *frame, uint64_t now)
 {
-    uint64_t now;
     int r;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "process_frame() takes exactly 2 arguments "
-                                         "(frame, now_ticks)");
-        return NULL;
-    }
-    if (get_ticks(args[1], &now) < 0) {
-        return NULL;
-    }
     if (self->dp) {
         self->dp->cnt.frames_in++;
         self->dp->last_now = now;
     }
-    PyObject *frame = args[0];
     if (PyBytes_CheckExact(frame)) {
         r = process_one(self, (const uint8_t *)PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame),
                         now);
@@ -2431,13 +2422,13 @@ dp_process_frame(CTable *self, PyObject *const *args, Py_ssize_t nargs)
     else {
         Py_buffer view;
         if (PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE) < 0) {
-            return NULL;
+            return -1;
         }
         r = process_one(self, (const uint8_t *)view.buf, view.len, now);
         PyBuffer_Release(&view);
     }
     if (r < 0) {
-        return NULL;
+        return -1;
     }
     if (self->dp) {
         if (r == FRAME_CONSUMED) {
@@ -2449,6 +2440,77 @@ dp_process_frame(CTable *self, PyObject *const *args, Py_ssize_t nargs)
         else {
             self->dp->cnt.pass_up++;
         }
+    }
+    return r;
+}
+
+/* process_frames(frames, start, now_ticks): a receive batch in one call; stops at the first
+ * frame that is not consumed (its caller passes it up before the next one is processed, as
+ * frame by frame). */
+PyObject *
+dp_process_frames(CTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t now;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "process_frames() takes exactly 3 arguments "
+                                         "(frames, start, now_ticks)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must be >= 0");
+        return NULL;
+    }
+    if (get_ticks(args[2], &now) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "frames must be a sequence of frames");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t i = start;
+    int r = FRAME_CONSUMED;
+    for (; i < n; i++) {
+        /* (a borrowed item of a list may go if the list changes: hold it) */
+        PyObject *frame = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(frame);
+        r = process_counted(self, frame, now);
+        Py_DECREF(frame);
+        if (r < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (r != FRAME_CONSUMED) {
+            break;
+        }
+    }
+    Py_DECREF(seq);
+    if (i >= n) {
+        i = n > start ? n : start;
+        r = FRAME_CONSUMED;
+    }
+    return Py_BuildValue("(ni)", i, r);
+}
+
+PyObject *
+dp_process_frame(CTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t now;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "process_frame() takes exactly 2 arguments "
+                                         "(frame, now_ticks)");
+        return NULL;
+    }
+    if (get_ticks(args[1], &now) < 0) {
+        return NULL;
+    }
+    int r = process_counted(self, args[0], now);
+    if (r < 0) {
+        return NULL;
     }
     return PyLong_FromLong(r);                  /* a cached small int: no allocation */
 }

@@ -817,3 +817,37 @@ def test_fin_clears_out_of_order_ranges_beyond_it():
     assert r.field("State") == CLOSE_WAIT
     r.t._validate()
     assert r.t.receive_take(r.h) == b"xxxxx"
+
+
+def test_process_frames_equals_frame_by_frame():
+    """process_frames (one C call per run of consumed frames) has exactly the effect of
+    process_frame on each frame in order: stops at the first frame not consumed."""
+    a, b = Rig(), Rig()
+    frames = [a.seg(b"a" * 100), a.seg(b"b" * 100, ACK | F.PSH)]
+    other = frame_of(TcpSegment(RPORT, LPORT + 1, RCV0, SND0, ACK, 100))   # not ours
+    opt = frame_of(TcpSegment(RPORT, LPORT, RCV0, SND0, ACK, 100), ip_options=b"\x01\x01\x01\x00")
+    frames += [other, a.seg(b"c" * 50), opt, a.seg(b"d" * 10)]
+    one_by_one = [a.t.process_frame(f, a.now) for f in frames]
+    assert one_by_one == [CONSUMED, CONSUMED, NOT_OURS, CONSUMED, PASS_UP, CONSUMED]
+    got, i = [], 0
+    while i < len(frames):
+        j, verdict = b.t.process_frames(frames, i, b.now)
+        got += [CONSUMED] * (j - i)
+        if j >= len(frames):
+            assert verdict == CONSUMED
+            break
+        got.append(verdict)
+        i = j + 1
+    assert got == one_by_one
+    assert b.t.datapath_counters() == a.t.datapath_counters()
+    assert b.events(pushes=True) == a.events(pushes=True)
+    assert b.t.receive_take(b.h) == a.t.receive_take(a.h) == b"a" * 100 + b"b" * 100 + b"c" * 50 + b"d" * 10
+    assert [o.raw for o in b.poll(100)] == [o.raw for o in a.poll(100)]
+    b.t._validate()
+    with pytest.raises(TypeError):
+        b.t.process_frames(frames, 0)
+    with pytest.raises(ValueError):
+        b.t.process_frames(frames, -1, b.now)
+    with pytest.raises(TypeError):
+        b.t.process_frames([7], 0, b.now)
+    assert b.t.process_frames([], 0, b.now) == (0, CONSUMED)
