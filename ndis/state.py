@@ -1046,8 +1046,28 @@ STATISTICS_OIDS = frozenset({OID_TCP4_OFFLOAD_STATS, OID_TCP6_OFFLOAD_STATS,
 # b.17 Statistics structures (T.10): offloaded traffic only, per interface and IP version; the
 # counters wrap at their field width; a set of the OID resets them to zero.
 
+class _Statistics:
+    """b.17 counters: little-endian, each wrapping at its field width (``_WIDTHS`` bits)."""
+
+    _FMT: ClassVar[str]
+    _WIDTHS: ClassVar[tuple[int, ...]]
+
+    def wrapped(self) -> None:
+        """Each counter reduced to its field width (b.17: the counters wrap)."""
+        for f, w in zip(fields(self), self._WIDTHS, strict=True):  # type: ignore[arg-type]
+            setattr(self, f.name, getattr(self, f.name) & ((1 << w) - 1))
+
+    def encode(self) -> bytes:
+        self.wrapped()
+        return struct.pack(self._FMT, *(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+
+    @classmethod
+    def decode(cls, buf: bytes) -> Any:
+        return cls(*struct.unpack_from(cls._FMT, buf, 0))
+
+
 @dataclass
-class TCP_OFFLOAD_STATS:
+class TCP_OFFLOAD_STATS(_Statistics):
     """b.17 (OID_TCP4_OFFLOAD_STATS / OID_TCP6_OFFLOAD_STATS), 40 bytes with its padding."""
 
     InSegments: int = 0  # ULONG64
@@ -1062,22 +1082,9 @@ class TCP_OFFLOAD_STATS:
     _FMT: ClassVar[str] = "<QQIIIII4x"
     _WIDTHS: ClassVar[tuple[int, ...]] = (64, 64, 32, 32, 32, 32, 32)
 
-    def wrapped(self) -> None:
-        """Each counter reduced to its field width (b.17: the counters wrap)."""
-        for f, w in zip(fields(self), self._WIDTHS, strict=True):
-            setattr(self, f.name, getattr(self, f.name) & ((1 << w) - 1))
-
-    def encode(self) -> bytes:
-        self.wrapped()
-        return struct.pack(self._FMT, *(getattr(self, f.name) for f in fields(self)))
-
-    @classmethod
-    def decode(cls, buf: bytes) -> TCP_OFFLOAD_STATS:
-        return cls(*struct.unpack_from(cls._FMT, buf, 0))
-
 
 @dataclass
-class IP_OFFLOAD_STATS:
+class IP_OFFLOAD_STATS(_Statistics):
     """b.17 (OID_IP4_OFFLOAD_STATS / OID_IP6_OFFLOAD_STATS), 64 bytes with its padding.  Octets
     include the IP header."""
 
@@ -1095,16 +1102,3 @@ class IP_OFFLOAD_STATS:
     SIZE: ClassVar[int] = 64
     _FMT: ClassVar[str] = "<QQQQQIIIII4x"
     _WIDTHS: ClassVar[tuple[int, ...]] = (64, 64, 64, 64, 64, 32, 32, 32, 32, 32)
-
-    def wrapped(self) -> None:
-        """Each counter reduced to its field width (b.17: the counters wrap)."""
-        for f, w in zip(fields(self), self._WIDTHS, strict=True):
-            setattr(self, f.name, getattr(self, f.name) & ((1 << w) - 1))
-
-    def encode(self) -> bytes:
-        self.wrapped()
-        return struct.pack(self._FMT, *(getattr(self, f.name) for f in fields(self)))
-
-    @classmethod
-    def decode(cls, buf: bytes) -> IP_OFFLOAD_STATS:
-        return cls(*struct.unpack_from(cls._FMT, buf, 0))
