@@ -525,7 +525,8 @@ tx_main(void *arg)
     thread_sched_init(c, 0);
     pthread_setname_np(pthread_self(), "vnic-tapio-tx");   /* shows in top -H, /proc */
     pthread_mutex_lock(&c->mu);
-    const int may_boost = c->realtime;
+    /* (c->priority is read per burst: set_priority() may change it, e.g. to 0 while a capture
+     * in the peer namespace must keep up with every frame) */
     for (;;) {
         if (boosted && c->ring.head == c->ring.tail) {
             (void)set_fifo(0);  /* the burst is written: normal scheduling while idle */
@@ -540,7 +541,8 @@ tx_main(void *arg)
             break;
         }
         uint64_t pos = c->ring.head, tail = c->ring.tail;
-        if (may_boost && !boosted && tail - pos >= TIO_BOOST_BYTES && set_fifo(c->priority) == 0) {
+        if (c->realtime && c->priority > 0 && !boosted && tail - pos >= TIO_BOOST_BYTES
+            && set_fifo(c->priority) == 0) {
             boosted = 1;
             self->boosts++;
         }
@@ -895,6 +897,41 @@ txring_close(TxRing *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+txring_set_priority(TxRing *self, PyObject *arg)
+{
+    tio_core *c = &self->core;
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "priority must be an int, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (v < 0 || v > INT32_MAX) {
+        v = -1;                                 /* (out of range: check_priority says so) */
+    }
+    int priority = (int)v;
+    if (check_priority(priority) < 0) {
+        return NULL;
+    }
+    if (c->owner != getpid()) {
+        PyErr_Format(PyExc_RuntimeError, "set_priority: the ring belongs to process %d",
+                     (int)c->owner);
+        return NULL;
+    }
+    if (c->sync_ready) {
+        pthread_mutex_lock(&c->mu);
+        c->priority = priority;
+        pthread_mutex_unlock(&c->mu);
+    }
+    else {
+        c->priority = priority;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 txring_stats(TxRing *self, PyObject *Py_UNUSED(ignored))
 {
     tio_core *c = &self->core;
@@ -968,6 +1005,11 @@ static PyMethodDef txring_methods[] = {
     {"close", (PyCFunction)txring_close, METH_NOARGS,
      "close($self, /)\n--\n\n"
      "Stop and join the writer thread; frames still queued are discarded.  Idempotent."},
+    {"set_priority", (PyCFunction)txring_set_priority, METH_O,
+     "set_priority($self, priority, /)\n--\n\n"
+     "The SCHED_FIFO priority of the writer's bursts from the next burst on; 0 = normal\n"
+     "scheduling.  A thread started without the privilege (stats()['realtime'] False, or\n"
+     "priority 0 at construction) stays at normal scheduling."},
     {"stats", (PyCFunction)txring_stats, METH_NOARGS,
      "stats($self, /)\n--\n\n"
      "Dict: frames/bytes written, errors (dropped frames; 'errno' = {errno: count}),\n"

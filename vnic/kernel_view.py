@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from vnic.tap import default_tx_priority
+
 __all__ = [
     "ANALYSIS_FLAGS",
     "PeerCapture",
@@ -129,11 +131,18 @@ class PeerCapture:
         self.buffer_kib = buffer_kib  # the kernel capture buffer (-B): bursts at TAP speed
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tap: Any = None  # the lab's TAP while its writer is kept at normal priority
         self.stderr = ""
         self.packets_captured: int | None = None
         self.packets_dropped: int | None = None
 
     def start(self) -> PeerCapture:
+        # tcpdump runs at normal priority on a machine with few cores: a TAP writer that
+        # writes its bursts at SCHED_FIFO (vnic.tap.TX_PRIORITY) would starve it, and the
+        # capture would drop frames -- this view must see every one
+        self._tap = self._lab_tap()
+        if self._tap is not None:
+            self._tap.set_tx_priority(0)
         argv = ["tcpdump", "-i", self.interface, "-w", str(self.path), "-U", "-n",
                 "--immediate-mode", "-s", str(self.snaplen), "-B", str(self.buffer_kib), "-Z", "root"]
         if self.bpf:
@@ -170,8 +179,18 @@ class PeerCapture:
         """Drive ``run_until`` (e.g. ``RunLoop.run_until``) until the file holds ``n`` packets."""
         return run_until(lambda: self.packets() >= n, timeout)
 
+    def _lab_tap(self) -> Any:
+        try:
+            return getattr(self.lab, "tap", None)
+        except RuntimeError:  # (LabError: a lab that is not up has no TAP)
+            return None
+
     def stop(self) -> dict[str, Any]:
         """SIGINT tcpdump, collect its statistics; idempotent."""
+        tap, self._tap = self._tap, None
+        if tap is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):  # (closed by now)
+                tap.set_tx_priority(default_tx_priority())
         proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(OSError):

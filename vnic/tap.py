@@ -204,6 +204,12 @@ class TapDevice:
         tx = self._tx
         return self._write_drops + self._ring_drops + (tx.stats()["errors"] if tx else 0)
 
+    def set_tx_priority(self, priority: int) -> None:
+        """The TX writer's SCHED_FIFO priority for its bursts from now on (0: normal
+        scheduling; :data:`TX_PRIORITY` is the default).  No effect without rings."""
+        if self._tx is not None:
+            self._tx.set_priority(priority)
+
     def ring_stats(self) -> dict[str, dict[str, object]] | None:
         """``{"tx": TxRing.stats(), "rx": RxRing.stats()}``, or ``None`` without rings."""
         if self._tx is None or self._rx is None:

@@ -711,3 +711,30 @@ def test_bad_priority(pair) -> None:
                 cls(a.fileno(), priority=bad)
         with pytest.raises(TypeError):
             cls(a.fileno(), priority="1")
+
+
+def test_set_priority_turns_the_burst_boost_off_and_on(pair) -> None:
+    a, b = pair
+    frames = make_frames(12, 200, max_size=1514)
+    tx, rx = TxRing(a, priority=1), RxRing(b)
+    try:
+        wait_until(lambda: "vnic-tapio-tx" in ring_thread_policies(), "the writer named itself")
+        tx.set_priority(0)  # (what vnic.kernel_view.PeerCapture does while tcpdump runs)
+        tx.submit(frames)
+        assert take_all(rx, len(frames)) == frames
+        assert tx.flush(HANG_GUARD)
+        assert tx.stats()["boosts"] == 0
+        tx.set_priority(1)
+        tx.submit(frames)
+        assert take_all(rx, len(frames)) == frames
+        assert tx.flush(HANG_GUARD)
+        st = tx.stats()
+        assert st["boosts"] >= 1 if st["realtime"] else st["boosts"] == 0
+        for bad in (-1, 100):
+            with pytest.raises(ValueError):
+                tx.set_priority(bad)
+        with pytest.raises(TypeError):
+            tx.set_priority("1")
+    finally:
+        tx.close()
+        rx.close()
