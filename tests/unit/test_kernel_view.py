@@ -76,6 +76,20 @@ def test_analyze_with_tshark_counts_flags_per_connection_and_direction(tmp_path:
             cap.write_frame(bytes(f), i * 0.001, None, DIR_OUTBOUND if outbound else DIR_INBOUND)
     report = verify_capture(ours)
     assert compare_with_capture(k, report) == {"agrees": True, "disagreements": []}
+    # the kernel-side capture stops later: more late RSTs there (after both FINs were ACKed)
+    # still agree, fewer do not, and RSTs while the streams ran must be equal
+    kc = k["connections"][NAME]["host->peer"]
+    res = report.connections[NAME].directions["host->peer"]
+    assert res.rsts == 1 and res.late_rsts == 0
+    kc["late_rsts"], kc["rsts"] = 3, 4
+    assert compare_with_capture(k, report)["agrees"]
+    kc["rsts"] = 3  # one RST missing before the FINs
+    assert not compare_with_capture(k, report)["agrees"]
+    kc["late_rsts"], kc["rsts"] = 0, 1
+    res.late_rsts, res.rsts = 2, 3  # the host side saw late RSTs the kernel never sent
+    assert not compare_with_capture(k, report)["agrees"]
+    res.late_rsts, res.rsts = 0, 1
+    assert compare_with_capture(k, report)["agrees"]
     k["connections"][NAME]["host->peer"]["bytes"] = 50
     assert not compare_with_capture(k, report)["agrees"]
 
