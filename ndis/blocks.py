@@ -482,7 +482,7 @@ def ndis_to_protocol(block: OffloadBlockList) -> NDIS_PROTOCOL_OFFLOAD_BLOCK_LIS
     ``OffloadHandle`` is the word the miniport knew as ``NdisOffloadHandle``; NDIS clears its
     third reserved word (the miniport flavor's MiniportOffloadContext)."""
     if isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST):
-        recast(block, NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST)
+        block.__class__ = NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST  # recast
         block._w[2] = None
     assert isinstance(block, NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST)
     return block

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .blocks import (
-    NDIS_MINIPORT_OFFLOAD_BLOCK_LIST,
     NDIS_OFFLOAD_HANDLE,
     NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST,
     NET_BUFFER_LIST,
@@ -413,19 +412,12 @@ class Ndis:
         self.checker.request(binding, op, root)
         blocks = list_blocks(root)
         initiate = op is Operation.INITIATE
-        protocol_flavor, miniport_flavor = NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST
         for block in blocks:
-            if block.__class__ is protocol_flavor:
-                # ndis_to_miniport (b.2), written out: one block per connection of a tree
-                words = block._w
-                handle = words[3]  # OffloadHandle = the miniport flavor's NdisOffloadHandle
-                block.__class__ = miniport_flavor
-                words[2] = handle.slot if handle is not None else None  # MiniportOffloadContext
-            else:
-                ndis_to_miniport(block)  # b.2
+            ndis_to_miniport(block)  # b.2
+            if initiate:
                 handle = block.NdisOffloadHandle  # type: ignore[attr-defined]
-            if initiate and isinstance(handle, NDIS_OFFLOAD_HANDLE):
-                handle.NdisReserved[0] = binding  # routes later indications (b.3)
+                if isinstance(handle, NDIS_OFFLOAD_HANDLE):
+                    handle.NdisReserved[0] = binding  # routes later indications (b.3)
         root.SourceHandle = binding  # b.1: NDIS uses it to route the completion
         if op is Operation.INITIATE:
             for block in blocks:
@@ -463,14 +455,8 @@ class Ndis:
         self._queue.append(("state", binding, (op, root)))
 
     def _deliver_state(self, binding: NDIS_BINDING_HANDLE, op: Operation, root: OffloadBlockList) -> None:
-        protocol_flavor, miniport_flavor = NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST
         for block in list_blocks(root):
-            if block.__class__ is miniport_flavor:
-                # ndis_to_protocol (b.2), written out: one block per connection of a tree
-                block.__class__ = protocol_flavor
-                block._w[2] = None
-            else:
-                ndis_to_protocol(block)  # b.2
+            ndis_to_protocol(block)  # b.2
         self.checker.complete_delivering(binding, op, root)
         g = binding.client_generic
         handler = {

@@ -797,7 +797,7 @@ class OffloadTarget(Miniport):
                 continue
             obj = slot.value
             forced = block_status(terminate, block)
-            if type(obj) is TcpObject or isinstance(obj, TcpObject):
+            if isinstance(obj, TcpObject):
                 h = obj.handle
                 if h in tcps and h not in taken:
                     taken.add(h)
@@ -909,11 +909,8 @@ class OffloadTarget(Miniport):
         if log_info is None:
             log_info = log.isEnabledFor(logging.INFO)
         state = block.state
-        if type(state) is TCP_OFFLOAD_STATE_DELEGATED:
-            deleg, is_tcp = state, True
-        else:
-            deleg = state.Delegated if isinstance(state, TcpOffloadState) else state
-            is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        deleg = state.Delegated if isinstance(state, TcpOffloadState) else state
+        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
         # step 5: delegated state (values as the table reports them: SRtt x8 / RttVar x4 in
         # ticks, TimeoutDelta 0xFFFFFFFF for stopped timers, TsTime = NIC time + delta)
         if row is not None:

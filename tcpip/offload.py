@@ -1044,7 +1044,7 @@ class ChimneyHost(Protocol):
 
     def TcpOffloadReceiveComplete(self, NetBufferList: NET_BUFFER_LIST) -> None:  # noqa: N802,N803
         touched: dict[int, OffloadedConnection] = {}
-        failed: dict[int, OffloadedConnection] = {}
+        failed: set[int] = set()  # records with a refused receive among these
         for nbl in list(iter_nbls(NetBufferList)):
             nbl.Next = None
             rec = nbl.ProtocolReserved[0]
@@ -1059,19 +1059,15 @@ class ChimneyHost(Protocol):
                 rec._delivered(n)
                 self.counters["bytes_received"] += n
             rec.posts_in_flight = max(0, rec.posts_in_flight - 1)
-            if nbl.Status == NdisStatus.SUCCESS:
-                touched[id(rec)] = rec
-            else:
+            touched[id(rec)] = rec
+            if nbl.Status != NdisStatus.SUCCESS:
                 # refused (f.3: INVALID_STATE after the FIN, UPLOAD_IN_PROGRESS, ABORTED):
                 # posting again would be refused again, at once
-                failed[id(rec)] = rec
-        for rec in touched.values():
+                failed.add(id(rec))
+        for k, rec in touched.items():
             self._notify(rec)
-            if id(rec) not in failed:
+            if k not in failed:
                 self._room_freed(rec)
-        for k, rec in failed.items():
-            if k not in touched:
-                self._notify(rec)
 
     # ---- disconnect ----------------------------------------------------------------------------
 
@@ -1254,18 +1250,9 @@ class ChimneyHost(Protocol):
         going = {id(r) for r in recs}
         uploading = OffloadState.UPLOADING
         observers = self.observers
-        # as _set_phase, inlined (once per connection of the tree); the level is checked once
-        log_info = log.isEnabledFor(logging.INFO)
-        name = self.name
+        log_info = log.isEnabledFor(logging.INFO)  # (once per tree, not per connection)
         for rec in recs:
-            # V13: no sends/receives from now on
-            old = rec.phase
-            rec.phase = uploading
-            sock = rec.sock
-            if sock.engine is rec:
-                sock.offload_state = uploading
-            if log_info and old is not uploading:
-                log.info("%s: %s %s -> %s", name, rec.name, old, uploading)
+            self._set_phase(rec, uploading, log_info)  # V13: no sends/receives from now on
             if observers:
                 self._observe("terminate-start", rec)
         # V14: a neighbor/path goes only with (in the same tree as) its last dependents
@@ -1333,11 +1320,10 @@ class ChimneyHost(Protocol):
         going: dict[int, set[int]] = {}
         paths: dict[int, _Shared] = {}
         get = by_handle.get
-        conn_type = OffloadedConnection
         blocks = list_blocks(root)
         for block in blocks:
-            obj = get(id(block._w[3]))  # block.OffloadHandle (b.2 0x38), without the property
-            if type(obj) is conn_type or isinstance(obj, conn_type):
+            obj = get(id(block.OffloadHandle))
+            if isinstance(obj, OffloadedConnection):
                 pa = obj.path
                 nodes = going.get(id(pa))
                 if nodes is None:
@@ -1358,8 +1344,8 @@ class ChimneyHost(Protocol):
             log_info = log.isEnabledFor(logging.INFO)
             tcp_log_info = _tcp_logger.isEnabledFor(logging.INFO)
             for block in blocks:
-                obj = get(id(block._w[3]))  # (block.OffloadHandle)
-                if type(obj) is conn_type or isinstance(obj, conn_type):
+                obj = get(id(block.OffloadHandle))
+                if isinstance(obj, OffloadedConnection):
                     resume(obj, block, log_info, tcp_log_info)
         for s in shared:
             self._forget_shared(s)
@@ -1380,11 +1366,9 @@ class ChimneyHost(Protocol):
         counters = self.counters
         counters["uploads"] += 1
         deleg = block.state
-        is_tcp = type(deleg) is TCP_OFFLOAD_STATE_DELEGATED
-        if not is_tcp:
-            if not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) and hasattr(deleg, "Delegated"):
-                deleg = deleg.Delegated
-            is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
+        if not isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED) and hasattr(deleg, "Delegated"):
+            deleg = deleg.Delegated
+        is_tcp = isinstance(deleg, TCP_OFFLOAD_STATE_DELEGATED)
         buffered_head = deleg.BufferedData if is_tcp else None
         buffered = nbl_chain_bytes(buffered_head) if buffered_head is not None else b""
         # T.3 / d.3 step 6: the send data handed back, then what the target refused, in order
@@ -1404,18 +1388,14 @@ class ChimneyHost(Protocol):
             rec.unsent = []
         else:
             send_data = bytearray()
-        # as self._unlink(rec, node=False), written out (node: TerminateOffloadComplete)
-        self.records.pop(rec.key, None)
-        self._by_handle.pop(id(rec.handle), None)
-        rec.path.dependents.discard(id(rec))
+        self._unlink(rec, node=False)  # (node: TerminateOffloadComplete)
         conn = None
         lost = block.Status != _SUCCESS or not is_tcp
         if not lost and not rec.aborted:
             try:
                 snap = snapshot_from_delegated(
                     deleg, rec.base, send_data,
-                    rec.rbuf + buffered if rec.rbuf else bytearray(buffered),
-                    self.params.TicksPerSecond or DEFAULT_TICKS_PER_SECOND,  # (self.tps)
+                    rec.rbuf + buffered if rec.rbuf else bytearray(buffered), self.tps,
                 )
             except ConversionError as exc:
                 log.warning("%s: %s returned state unusable: %s", self.name, rec.name, exc)
@@ -1454,8 +1434,8 @@ class ChimneyHost(Protocol):
         if conn is not None:
             stack.attach(conn, rec.key)  # polled at once (it may owe a retransmission)
             rec.sock.swap(conn, _IN_HOST)
-            if log_info and old is not _IN_HOST:
-                log.info("%s: %s %s -> %s", self.name, rec.name, old, _IN_HOST)
+            if log_info:
+                self._log_phase(rec, old, _IN_HOST)
             if rec.abort_requested or rec.close_requested or rec.held:
                 self._finish_in_host(rec, conn)
             return
@@ -1541,12 +1521,15 @@ class ChimneyHost(Protocol):
             self._ops[id(root)] = ("terminate", root)
             self.binding.NdisTerminateOffload(root)
 
-    def _set_phase(self, rec: OffloadedConnection, new: OffloadState) -> None:
+    def _set_phase(self, rec: OffloadedConnection, new: OffloadState,
+                   log_info: bool = True) -> None:
+        """``log_info``: False when the caller knows INFO is off (checked once for a tree)."""
         old = rec.phase
         rec.phase = new
         if rec.sock.engine is rec:
             rec.sock.offload_state = new
-        self._log_phase(rec, old, new)
+        if log_info:
+            self._log_phase(rec, old, new)
 
     def _log_phase(self, rec: OffloadedConnection, old: OffloadState, new: OffloadState) -> None:
         if old is not new and log.isEnabledFor(logging.INFO):

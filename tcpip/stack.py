@@ -333,13 +333,7 @@ class HostStack:
                 self._deadlines[key] = d
                 self._timer_seq += 1
                 heapq.heappush(self._timers, (d, self._timer_seq, key))
-        # as self._notify(key, conn), written out (conn is notified once: a notification is
-        # a flag the scheduler reads at its next run)
-        notify = self.scheduler.notify
-        notify(conn)
-        sock = self._sockets.get(key)
-        if sock is not None:
-            notify(sock)
+        self._notify(key, conn)
 
     def release(self, key: ConnKey) -> None:
         """Forget a parked connection that will not come back (lost, reset, closed offloaded)."""

@@ -125,3 +125,39 @@ def tcp_connection(conn: Any) -> Any:
     stacks, the connection itself.  Tests read engine details (``rcv_nxt``, state hooks) here."""
     engine = getattr(conn, "host_connection", None)
     return engine if engine is not None else conn
+
+
+class Echo:
+    """A frame node that replies to every frame with b"re:" + frame on its next poll."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, bytes]] = []
+        self._out: list[bytes] = []
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.received.append((now, frame))
+        self._out.append(b"re:" + frame)
+
+    def poll(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class BatchEcho(Echo):
+    """Echo with the optional batch method; records how frames arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []  # batch sizes of receive_frames calls (1 = receive_frame)
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        self.calls.append(1)
+        super().receive_frame(frame, now)
+
+    def receive_frames(self, frames: Sequence[bytes], now: float) -> None:
+        self.calls.append(len(frames))
+        for f in frames:
+            Echo.receive_frame(self, f, now)

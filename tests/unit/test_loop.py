@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BatchEcho, Echo
 from vnic.clock import RealClock
 from vnic.faults import FaultSpec, WireFaults
 from vnic.loop import RunLoop
@@ -34,23 +35,6 @@ class SocketPort:
     def write(self, frame: bytes) -> bool:
         self.sock.send(frame)
         return True
-
-
-class Echo:
-    def __init__(self) -> None:
-        self.received: list[tuple[float, bytes]] = []
-        self._out: list[bytes] = []
-
-    def receive_frame(self, frame: bytes, now: float) -> None:
-        self.received.append((now, frame))
-        self._out.append(b"re:" + frame)
-
-    def poll(self, now: float) -> list[bytes]:
-        out, self._out = self._out, []
-        return out
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 class Timer(Echo):
@@ -155,21 +139,6 @@ def test_capture_directions_and_annotations(wire: tuple[SocketPort, socket.socke
     assert [f.direction for f in frames] == [DIR_INBOUND, DIR_OUTBOUND]
     assert frames[0].comment == "dir=peer->host component=peer epoch=7"
     assert frames[1].comment == "dir=host->peer component=host epoch=7"
-
-
-class BatchEcho(Echo):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[int] = []
-
-    def receive_frame(self, frame: bytes, now: float) -> None:
-        self.calls.append(1)
-        super().receive_frame(frame, now)
-
-    def receive_frames(self, frames: list[bytes], now: float) -> None:
-        self.calls.append(len(frames))
-        for f in frames:
-            Echo.receive_frame(self, f, now)
 
 
 @pytest.mark.parametrize("capture", [False, True])

@@ -6,29 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import BatchEcho, Echo
 from vnic.clock import VirtualClock
 from vnic.faults import FaultSpec, WireFaults
 from vnic.pcapng import PcapngWriter, read_pcapng
 from vnic.simwire import SimulationLivelock, SimWire
-
-
-class Echo:
-    """Replies to every frame with b"re:" + frame on its next poll."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[float, bytes]] = []
-        self._out: list[bytes] = []
-
-    def receive_frame(self, frame: bytes, now: float) -> None:
-        self.received.append((now, frame))
-        self._out.append(b"re:" + frame)
-
-    def poll(self, now: float) -> list[bytes]:
-        out, self._out = self._out, []
-        return out
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 class Ticker:
@@ -209,23 +191,6 @@ class Burst:
 
     def next_deadline(self) -> float | None:
         return self.times[0] if self.times else None
-
-
-class BatchEcho(Echo):
-    """Echo with the optional batch method; records how frames arrived."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[int] = []  # batch sizes of receive_frames calls (1 = receive_frame)
-
-    def receive_frame(self, frame: bytes, now: float) -> None:
-        self.calls.append(1)
-        super().receive_frame(frame, now)
-
-    def receive_frames(self, frames: list[bytes], now: float) -> None:
-        self.calls.append(len(frames))
-        for f in frames:
-            Echo.receive_frame(self, f, now)
 
 
 def _burst_run(receiver: Echo, **kw: object) -> tuple[Burst, Echo, SimWire]:
