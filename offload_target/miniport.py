@@ -199,7 +199,7 @@ class PathObject:
         return f"<PathObject {self.label}>"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _SendEntry:
     """One send (or disconnect) NBL: bytes [start, end) of the connection's send stream."""
 
@@ -209,7 +209,7 @@ class _SendEntry:
     kind: str = "send"  # "send" or "disconnect"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Post:
     nbl: NET_BUFFER_LIST
     room: int
@@ -220,9 +220,12 @@ class _Post:
         return not self.nbl.TcpReceiveNoPush
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TcpObject:
-    """The Python half of an offloaded TCP connection (the table slot is the other half)."""
+    """The Python half of an offloaded TCP connection (the table slot is the other half).
+
+    (Slots: no per-connection attribute dict; a terminate tree of 10,000 connections reads and
+    frees 10,000 of these.)"""
 
     label: str
     NdisOffloadHandle: Any

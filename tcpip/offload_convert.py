@@ -30,6 +30,7 @@ State, b.14), NewReno recovery (not in recovery), ISS/IRS (from the offload-time
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -350,11 +351,17 @@ def snapshot_from_delegated(
     send_data: bytes,
     buffered: bytes = b"",
     tps: int = DEFAULT_TICKS_PER_SECOND,
+    *,
+    in_place: bool = False,
 ) -> TcbSnapshot:
     """Rebuild a ``TcbSnapshot`` from the delegated state a terminate returned (d.3 step 5).
 
     ``base`` is the snapshot exported at offload: it supplies the constant and cached members
-    (never returned, b.19) and the ISS/IRS.  ``send_data`` is the data from SndUna (the bytes of
+    (never returned, b.19) and the ISS/IRS.  The result is a copy of ``base`` with the returned
+    members written; ``in_place``: ``base`` itself becomes the result (for a caller that does
+    not need the offload-time snapshot any more: the upload of a terminate tree, where a new
+    52-member object per connection is a cost worth saving).  Nothing is written when the
+    state is refused (:class:`ConversionError`).  ``send_data`` is the data from SndUna (the bytes of
     the returned NetBufferListChain, plus anything the host still has queued after it);
     ``buffered`` is received-but-undelivered data ending at RcvNxt (BufferedData, d.3 step 7).
 
@@ -401,53 +408,45 @@ def snapshot_from_delegated(
         fin_sent = seq_diff(mx, fin_seq) > 0
     snd_wnd = d.SndWnd
     max_snd_wnd = d.MaxSndWnd
-    ts = base.timestamps_enabled
-    # positional (field order of TcbSnapshot): a 52-keyword call costs several times more,
-    # and this runs once per connection of a terminate tree
-    return TcbSnapshot(
-        base.local_ip, base.local_port, base.remote_ip, base.remote_port,
-        base.remote_mss, base.snd_wscale, base.rcv_wscale,
-        ts, base.sack_enabled,
-        base.nodelay, base.keepalive, base.keepalive_idle, base.keepalive_interval,
-        base.keepalive_probes, base.initial_rcv_wnd,
-        state,  # state
-        d.RcvNxt,  # rcv_nxt
-        d.RcvWnd,  # rcv_wnd
-        una,  # snd_una
-        d.SndNxt,  # snd_nxt
-        mx,  # snd_max
-        snd_wnd,  # snd_wnd
-        max_snd_wnd if max_snd_wnd > snd_wnd else snd_wnd,  # max_snd_wnd
-        d.SendWL1,  # snd_wl1
-        una,  # snd_wl2: not carried (b.13 has no SndWL2): SND.UNA is a safe WL2
-        d.CWnd,  # cwnd
-        d.SsThresh,  # ssthresh
-        srtt,  # srtt
-        rttvar,  # rttvar
-        rto,  # rto
-        d.TsRecent,  # ts_recent
-        d.TsRecentAge / tps if ts else None,  # ts_recent_age
-        d.TsTime,  # ts_time (T.6)
-        d.TotalRT / tps,  # total_rt
-        d.DupAckCount,  # dup_ack_count
-        d.SndWndProbeCount,  # snd_wnd_probe_count
-        ka.ProbeCount,  # keepalive_probe_count
-        ka_delta,  # keepalive_timeout_delta
-        rt.Count,  # retransmit_count
-        rexmit,  # retransmit_timeout_delta
-        persist,  # persist_timeout_delta
-        fw2,  # fin_wait_2_timeout_delta
-        fin_queued,  # fin_queued
-        fin_seq,  # fin_seq
-        fin_sent,  # fin_sent
-        state in _FIN_RECEIVED_STATES,  # fin_received
-        False,  # in_recovery
-        una,  # recover
-        base.iss,  # iss
-        base.irs,  # irs
-        send_data,  # send_data
-        buffered,  # buffered_receive
-    )
+    # Everything that can fail has been checked: the members the terminate returns are
+    # written now (the const and cached ones, ISS and IRS stay as exported)
+    s = base if in_place else dataclasses.replace(base)
+    s.state = state
+    s.rcv_nxt = d.RcvNxt
+    s.rcv_wnd = d.RcvWnd
+    s.snd_una = una
+    s.snd_nxt = d.SndNxt
+    s.snd_max = mx
+    s.snd_wnd = snd_wnd
+    s.max_snd_wnd = max_snd_wnd if max_snd_wnd > snd_wnd else snd_wnd
+    s.snd_wl1 = d.SendWL1
+    s.snd_wl2 = una  # not carried (b.13 has no SndWL2): SND.UNA is a safe WL2
+    s.cwnd = d.CWnd
+    s.ssthresh = d.SsThresh
+    s.srtt = srtt
+    s.rttvar = rttvar
+    s.rto = rto
+    s.ts_recent = d.TsRecent
+    s.ts_recent_age = d.TsRecentAge / tps if s.timestamps_enabled else None
+    s.ts_time = d.TsTime  # T.6
+    s.total_rt = d.TotalRT / tps
+    s.dup_ack_count = d.DupAckCount
+    s.snd_wnd_probe_count = d.SndWndProbeCount
+    s.keepalive_probe_count = ka.ProbeCount
+    s.keepalive_timeout_delta = ka_delta
+    s.retransmit_count = rt.Count
+    s.retransmit_timeout_delta = rexmit
+    s.persist_timeout_delta = persist
+    s.fin_wait_2_timeout_delta = fw2
+    s.fin_queued = fin_queued
+    s.fin_seq = fin_seq
+    s.fin_sent = fin_sent
+    s.fin_received = state in _FIN_RECEIVED_STATES
+    s.in_recovery = False  # NewReno state is not carried
+    s.recover = una
+    s.send_data = send_data
+    s.buffered_receive = buffered
+    return s
 
 
 # ---- neighbor and path (b.8, b.9) ----------------------------------------------------------------

@@ -232,6 +232,25 @@ def test_unknown_state_is_refused() -> None:
     d = TCP_OFFLOAD_STATE_DELEGATED(State=11)
     with pytest.raises(ConversionError):
         snapshot_from_delegated(d, make_snapshot(), send_data=b"")
+    # in place: a refused state writes nothing into the base
+    base = make_snapshot()
+    before = dataclasses.replace(base)
+    with pytest.raises(ConversionError):
+        snapshot_from_delegated(d, base, send_data=b"", in_place=True)
+    assert base == before
+
+
+def test_in_place_writes_the_base_and_the_default_leaves_it() -> None:
+    s = make_snapshot(rcv_nxt=1000, snd_una=5000, snd_nxt=5000, snd_max=5000, send_data=b"")
+    state, _ = tcp_state_from_snapshot(s, 1000)
+    d = state.Delegated
+    d.RcvNxt, d.SndUna, d.SndNxt, d.SndMax = 1500, 5100, 5100, 5100
+    base = dataclasses.replace(s)
+    copy = snapshot_from_delegated(d, base, send_data=b"")
+    assert copy is not base and base == s  # the default: a copy, the base as it was
+    assert (copy.rcv_nxt, copy.snd_una) == (1500, 5100)
+    same = snapshot_from_delegated(d, base, send_data=b"", in_place=True)
+    assert same is base and same == copy
 
 
 # ---- hypothesis over snapshots -------------------------------------------------------------
