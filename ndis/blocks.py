@@ -296,6 +296,19 @@ def iter_nbls(head: NET_BUFFER_LIST | None) -> Iterator[NET_BUFFER_LIST]:
 # b.1 / b.2 block lists
 
 
+_BLOCK_HEADERS: dict[int, NDIS_OBJECT_HEADER] = {}
+
+
+def _block_header(block_type: int) -> NDIS_OBJECT_HEADER:
+    """The header of a block list of ``block_type`` (one shared value per type: a terminate
+    tree of 10,000 connections would otherwise make 10,000 equal headers)."""
+    h = _BLOCK_HEADERS.get(block_type)
+    if h is None:
+        h = _BLOCK_HEADERS[int(block_type)] = NDIS_OBJECT_HEADER(
+            int(block_type), BLOCK_LIST_REVISION, BLOCK_LIST_SIZE)
+    return h
+
+
 class OffloadBlockList:
     """Common slot layout of both block-list flavors (see module docstring)."""
 
@@ -307,7 +320,7 @@ class OffloadBlockList:
     _names = itertools.count(1)
 
     def __init__(self, *, Type: int = 0, state: Any = None, label: str = "") -> None:  # noqa: N803
-        self.Header = NDIS_OBJECT_HEADER(int(Type), BLOCK_LIST_REVISION, BLOCK_LIST_SIZE)
+        self.Header = _block_header(Type)
         self.NextBlock: OffloadBlockList | None = None
         self.DependentBlockList: OffloadBlockList | None = None
         self.Status: int = 0

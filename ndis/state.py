@@ -301,14 +301,32 @@ def hexdump(data: bytes, base: int = 0) -> str:
 # b.7 OFFLOAD_STATE_HEADER
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class OFFLOAD_STATE_HEADER:
-    """b.7: Length (total size incl. header), RecognizedOptions (reserved)."""
+    """b.7: Length (total size incl. header), RecognizedOptions (reserved).
+
+    A value, like the two ULONGs it is in C: immutable, so that one instance serves every
+    structure of a size (a terminate tree of 10,000 connections carries 10,000 delegated
+    structures); to change one, assign a new header."""
 
     Length: int = 0
     RecognizedOptions: int = 0
 
     FORMAT: ClassVar[str] = "<II"
+
+
+_STATE_HEADERS: dict[int, OFFLOAD_STATE_HEADER] = {}
+
+
+def state_header(length: int) -> OFFLOAD_STATE_HEADER:
+    """The (shared) ``OFFLOAD_STATE_HEADER(length, 0)``."""
+    h = _STATE_HEADERS.get(length)
+    if h is None:
+        h = _STATE_HEADERS[length] = OFFLOAD_STATE_HEADER(length, 0)
+    return h
+
+
+_NO_HEADER = OFFLOAD_STATE_HEADER()  # the default: Length 0 = filled in by __post_init__
 
 
 class _StateStruct:
@@ -319,8 +337,10 @@ class _StateStruct:
     Header: OFFLOAD_STATE_HEADER
 
     def __post_init__(self) -> None:
-        if self.Header.Length == 0:
-            self.Header.Length = self.SIZE
+        h = self.Header
+        if h.Length == 0:
+            self.Header = (state_header(self.SIZE) if h.RecognizedOptions == 0
+                           else OFFLOAD_STATE_HEADER(self.SIZE, h.RecognizedOptions))
 
     def _validate_header(self) -> None:
         _uint("Header.Length", self.Header.Length, 32)
@@ -374,7 +394,7 @@ class NEIGHBOR_OFFLOAD_STATE_CONST(_StateStruct):
 
     DlSourceAddress: bytes = bytes(32)
     VlanId: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x2C
 
@@ -399,7 +419,7 @@ class NEIGHBOR_OFFLOAD_STATE_CACHED(_StateStruct):
 
     DlDestinationAddress: bytes = bytes(32)
     HostReachabilityDelta: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x2C
 
@@ -428,7 +448,7 @@ class NEIGHBOR_OFFLOAD_STATE_DELEGATED(_StateStruct):
     """b.8 (size 0x0C): 0x08 NicReachabilityDelta."""
 
     NicReachabilityDelta: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x0C
 
@@ -458,7 +478,7 @@ class PATH_OFFLOAD_STATE_CONST(_StateStruct):
 
     SourceAddress: Any = None
     DestinationAddress: Any = None
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x18
 
@@ -498,7 +518,7 @@ class PATH_OFFLOAD_STATE_CACHED(_StateStruct):
     """b.9 (size 0x0C): 0x08 PathMtu."""
 
     PathMtu: int = 1500
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x0C
 
@@ -519,7 +539,7 @@ class PATH_OFFLOAD_STATE_CACHED(_StateStruct):
 class PATH_OFFLOAD_STATE_DELEGATED(_StateStruct):
     """b.9 (size 0x08): header only, there is no delegated path state."""
 
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x08
 
@@ -553,7 +573,7 @@ class TCP_OFFLOAD_STATE_CONST(_StateStruct):
     RcvWindScale: int = 0
     RemoteMss: int = 1460
     HashValue: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x18
     _FMT: ClassVar[str] = "<HHHBxHxxI"
@@ -605,7 +625,7 @@ class TCP_OFFLOAD_STATE_CACHED(_StateStruct):
     TtlOrHopLimit: int = 64
     TosOrTrafficClass: int = 0
     UserPriority: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x2C
     _FMT: ClassVar[str] = "<HxxIIBxxxIIIIBBBx"
@@ -700,7 +720,7 @@ class TCP_OFFLOAD_STATE_DELEGATED(_StateStruct):
     SendBacklogSize: int | None = None
     ReceiveBacklogSize: int | None = None
     DWnd: int = 0
-    Header: OFFLOAD_STATE_HEADER = field(default_factory=OFFLOAD_STATE_HEADER)
+    Header: OFFLOAD_STATE_HEADER = _NO_HEADER
 
     SIZE: ClassVar[int] = 0x80
     _FMT: ClassVar[str] = "<IH2x8IIIHHIIIIBB2xB3xIB3xI16s8sI4x"
@@ -916,9 +936,11 @@ def state_fields(obj: Any) -> dict[str, Any]:
 # b.16 Capabilities and parameters
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class NDIS_OBJECT_HEADER:
-    """Type (UCHAR), Revision (UCHAR), Size (USHORT)."""
+    """Type (UCHAR), Revision (UCHAR), Size (USHORT).  A value (immutable: equal headers may be
+    one shared instance, as every block list of a type shares one; assign a new header to
+    change it)."""
 
     Type: int = 0
     Revision: int = 1
