@@ -7,8 +7,11 @@ object (label), the edge and the recent call sequence.  ``strict=True`` raises
 :class:`ConformanceError` at the first violation (tests); ``strict=False`` collects them in
 ``violations`` (users pointing it at their own drivers).
 
-Rule ids are ``V1`` ... ``V17`` (Appendix V, see :data:`RULES`) and ``C3.2`` (c.3: no I/O or
-state operation on an object while it is being offloaded).  The other c.3 bullets are the same
+Rule ids are ``V1`` ... ``V17`` (Appendix V, see :data:`RULES`), ``C3.2`` (c.3: no I/O or
+state operation on an object while it is being offloaded) and ``C4`` (a send-backlog change
+is an event of an offloaded TCP connection: c.4 asks the target to avoid event indications
+while an initiate is in progress, and before it completed the host can post no send the
+value could apply to (C3.2)).  After the terminate completed, any event is V10.  The other c.3 bullets are the same
 rules as Appendix V items and are reported under those ids: "never offload an object being
 offloaded" and "one update at a time, not on an invalidated object" -> V12; "terminate only
 after invalidate/query/update completed and receive/disconnect calls returned", "no sends or
@@ -110,6 +113,8 @@ RULES: dict[str, str] = {
     "handles restored before NdisM...Complete; same NBL pointers; handles translated.",
     "C3.2": "While an object is being offloaded the target receives no send, post-receive, forward, "
     "update, query, invalidate or terminate for it.",
+    "C4": "TcpIndicateSendBacklogChange only for an offloaded TCP connection (after "
+    "NdisMInitiateOffloadComplete, c.4; never for a neighbor/path, b.14), with a ULONG byte count.",
 }
 
 
@@ -781,6 +786,16 @@ class ConformanceChecker:
                 self._flag("V11", "TcpIndicateRetrieve for a neighbor/path object", obj.label, e.name)
             if not 1 <= int(info) <= 11:
                 self._flag("V11", f"TcpIndicateRetrieve with invalid reason {info}", obj.label, e.name)
+        elif event_type == TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange:
+            if obj.layer in (OffloadLayer.NEIGHBOR, OffloadLayer.PATH):
+                self._flag("C4", "TcpIndicateSendBacklogChange for a neighbor/path object",
+                           obj.label, e.name)
+            elif not obj.initiate_completed:
+                self._flag("C4", "TcpIndicateSendBacklogChange before NdisMInitiateOffloadComplete",
+                           obj.label, e.name)
+            if not 0 <= int(info) <= 0xFFFFFFFF:
+                self._flag("C4", f"TcpIndicateSendBacklogChange with {info} (not a ULONG)",
+                           obj.label, e.name)
         obj.indicating += 1
 
     def event_returned(self, binding: Any, handle: Any, event_type: int, info: int) -> None:

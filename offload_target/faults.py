@@ -34,6 +34,12 @@ drop_buffered_data(conn)       at its next terminate the received, ACKed, undeli
 duplicate_delivery(conn)       the next data delivered to the host (indication or posted
                                receive) is delivered once more right after (verify:
                                delivered-once)
+indicate_send_backlog(conn, v) TcpIndicateSendBacklogChange with ``v`` (any ULONG, also 0 or
+                               absurdly large) for ``conn`` once it is offloaded (b.14); the
+                               target's own evaluation may replace it at its next meaningful
+                               change
+auto_send_backlog(enabled)     the target's own TcpIndicateSendBacklogChange indications on
+                               (the default) or off; queries still report SendBacklogSize
 =============================  ===================================================================
 """
 
@@ -201,6 +207,29 @@ class TargetFaults:
     def shrink_capacity(self, n: int) -> None:
         self.log.append(("shrink_capacity", str(n)))
         self.target.shrink_capacity(n)
+
+    def indicate_send_backlog(self, conn: Any, value: int) -> None:
+        """Make the target indicate TcpIndicateSendBacklogChange(``value``) for ``conn`` (b.14:
+        EventSpecificInformation = the new preferred number of outstanding send bytes).
+
+        ``value`` may be any ULONG (0 .. 0xFFFFFFFF), whatever the target would prefer itself:
+        it tests how a host reacts to a tiny, zero or huge backlog.  The indication is made
+        from a work item (never inside a handler) once the connection is offloaded, and is
+        dropped if the connection is terminating or aborted by then (it is a per-connection
+        event of an offloaded connection, V10).  The target's own evaluation goes on and
+        indicates its value again at its next meaningful change; call
+        ``auto_send_backlog(False)`` first to make the forced value stick.
+        """
+        obj = self.target.find(conn)
+        self.log.append(("indicate_send_backlog", obj.label, str(int(value))))
+        log.warning("fault: %s TcpIndicateSendBacklogChange %d forced", obj.label, int(value))
+        self.target.indicate_send_backlog(obj, value)
+
+    def auto_send_backlog(self, enabled: bool) -> None:
+        """Turn the target's own TcpIndicateSendBacklogChange indications on (the default) or
+        off (a target that never indicates a change; queries still return SendBacklogSize)."""
+        self.log.append(("auto_send_backlog", str(bool(enabled))))
+        self.target.send_backlog_auto = bool(enabled)
 
     # -- data-integrity faults (oracle tests of the capture verifier) ----------------------------------
     def wrong_rcv_nxt(self, conn: Any, delta: int) -> None:

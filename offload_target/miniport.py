@@ -38,6 +38,16 @@ Assumptions where the data-path contract is silent (see also the module's tests)
   peer's FIN (they would overtake it); a work item queued behind the completion resumes it.
 * ``moderate=True`` (interrupt moderation): ``receive_frame`` only notes the data path's
   events; the next ``poll`` makes the NDIS calls for the whole batch of frames.
+* Send backlog (b.13 0x60 SendBacklogSize, b.14 TcpIndicateSendBacklogChange): the preferred
+  number of posted, not yet completed send bytes is :func:`preferred_send_backlog` of the
+  connection's CWnd / SndWnd as the table holds them.  A query returns the current value.
+  ``poll`` evaluates it only for connections whose sends were ACKed since (EVENT_SEND_ACKED),
+  at most once per ``max(send_backlog_interval, SRTT)``, and indicates it when it moved by a
+  quarter of the last value indicated (at least 2 MSS); the first evaluation after the
+  offload indicates the initial value (a connection that sends nothing costs nothing).  No
+  indication for a connection that is not offloaded or is terminating, aborted, closing its
+  send half or waiting for an upload.  ``faults.indicate_send_backlog`` forces a value,
+  ``faults.auto_send_backlog(False)`` stops the target's own indications.
 """
 
 from __future__ import annotations
@@ -81,6 +91,7 @@ from ndis.state import (
     OID_TCP4_OFFLOAD_STATS,
     PATH_OFFLOAD_STATE_CACHED,
     TCP_DISCONNECT_ABORTIVE_CLOSE,
+    TCP_FLAG_TIMESTAMP_ENABLED,
     TCP_OFFLOAD_CONNECTION_STATE,
     TCP_OFFLOAD_EVENT_TYPE,
     TCP_OFFLOAD_STATE_CACHED,
@@ -114,7 +125,10 @@ __all__ = [
     "EVENT_RETRIEVE",
     "EVENT_FIN_ACKED",
     "EVENT_PUSH",
+    "SEND_BACKLOG_INTERVAL",
+    "SEND_BACKLOG_MAX",
     "has_datapath",
+    "preferred_send_backlog",
 ]
 
 _SEQ = 1 << 32
@@ -150,6 +164,34 @@ _DATAPATH_METHODS = (
     "receive_buffered", "process_frame", "poll", "next_deadline", "events", "disconnect",
     "set_terminating", "flush_acks", "export",
 )
+
+
+# -- the send backlog (b.13 0x60 SendBacklogSize, b.14 TcpIndicateSendBacklogChange) ----------
+# Upper bound of the preferred send backlog: the data path's send ring (configure(send_buffer=),
+# 1 MiB by default): bytes posted beyond it wait in the miniport's queue, not on the wire.
+SEND_BACKLOG_MAX = 1 << 20
+# At most one evaluation (and so one indication) per connection per this many seconds of the
+# target's clock, or per smoothed RTT when that is longer: the window it derives from moves
+# once per round trip, an indication per ACK would only cost the host calls.
+SEND_BACKLOG_INTERVAL = 0.1
+
+
+def preferred_send_backlog(cwnd: int, snd_wnd: int, mss: int, maximum: int = SEND_BACKLOG_MAX) -> int:
+    """The preferred number of outstanding (posted, not yet completed) send bytes of a
+    connection (b.13 SendBacklogSize; the value of TcpIndicateSendBacklogChange, b.14).
+
+    ``max(2 * min(CWnd, SndWnd), 2 * MSS)``, rounded up to whole MSS, at most ``maximum``.
+    Why: a send NBL completes only when all its bytes are ACKed (V6), so the bytes in flight --
+    at most one usable window, min(CWnd, SndWnd) -- still count as outstanding; a second
+    window queued behind them lets the target refill the pipe from its own queue while the
+    host reacts to the completions (about one round trip later).  2 MSS at least: with a
+    zero or tiny window (persist, T.4) the target still has a segment to probe with and the
+    next one ready when the window opens.
+    """
+    mss = max(1, mss)
+    value = max(2 * min(cwnd, snd_wnd), 2 * mss)
+    value = -(-value // mss) * mss
+    return max(0, min(value, maximum, _U32 - 1))
 
 
 def has_datapath(table: Any) -> bool:
@@ -269,6 +311,11 @@ class TcpObject:
     hw_failed: bool = False
     terminating: bool = False
     terminated: bool = False
+    # send backlog (b.14 TcpIndicateSendBacklogChange): the value last indicated (None: none
+    # yet), the earliest time of the next evaluation, values the fault hook forces
+    send_backlog: int | None = None
+    send_backlog_next: float = 0.0
+    send_backlog_forced: list[int] | None = None
 
     @property
     def neighbor(self) -> NeighborObject | None:
@@ -443,6 +490,14 @@ class OffloadTarget(Miniport):
         # reports the difference
         self._stats_base: dict[int, dict[str, int]] = {}
         self._dirty: set[int] = set()
+        # send backlog (module docstring): the target's own indications on/off (fault hook
+        # auto_send_backlog), the clamp and the minimum interval; the handles whose sends were
+        # ACKed since their last evaluation, and the earliest time a deferred one is due
+        self.send_backlog_auto = True
+        self.send_backlog_max = SEND_BACKLOG_MAX
+        self.send_backlog_interval = SEND_BACKLOG_INTERVAL
+        self._backlog_acked: set[int] = set()
+        self._backlog_due: float | None = None
         if self.datapath:
             self._configure()
 
@@ -1080,7 +1135,10 @@ class OffloadTarget(Miniport):
                 if exported.get(name) is not None:
                     _set_path(d, attr, int(exported[name]))
             d.SendDataHead = d.SendDataTail = d.BufferedData = None
-            d.SendBacklogSize = 0xFFFFFFFF  # b.13: not supported
+            # b.13: the current preferred value, from the CWnd / SndWnd of this same export
+            d.SendBacklogSize = preferred_send_backlog(
+                int(exported.get("CWnd") or 0), int(exported.get("SndWnd") or 0),
+                self._send_backlog_mss(obj), self.send_backlog_max)
             d.ReceiveBacklogSize = min(_U32, len(obj.rx_held) + self.table.receive_available(obj.handle))
             parts = (obj.const, obj.cached, d)
         elif isinstance(obj, NeighborObject):
@@ -1415,6 +1473,8 @@ class OffloadTarget(Miniport):
             if obj.push_deadline is not None and now >= obj.push_deadline:
                 obj.push_deadline = None
                 self._push_expired(obj)
+        if self._backlog_acked:
+            self._check_send_backlogs()
         if out:
             self._check_reachability(out)
         out += self.outbox
@@ -1431,6 +1491,8 @@ class OffloadTarget(Miniport):
         f = self.faults.next_deadline()
         if f is not None:
             cands.append(f)
+        if self._backlog_due is not None:
+            cands.append(self._backlog_due)
         if self.outbox or self._dirty or self._events_waiting:
             cands.append(self.now)
         return min(cands) if cands else None
@@ -1472,6 +1534,7 @@ class OffloadTarget(Miniport):
                 dirty.add(handle)
             return
         data_seen: set[int] = set()
+        backlog_acked = self._backlog_acked
         for handle, ev, value in events:
             if ev == EVENT_DATA:
                 if handle in data_seen:
@@ -1482,6 +1545,7 @@ class OffloadTarget(Miniport):
                 continue
             if ev == EVENT_SEND_ACKED:
                 obj.acked_total = max(obj.acked_total, int(value))
+                backlog_acked.add(handle)  # the send backlog is evaluated at the next poll
                 nb = obj.neighbor
                 if nb is not None:
                     nb.nrt = self.now_ticks  # T.7: forward progress
@@ -1544,6 +1608,12 @@ class OffloadTarget(Miniport):
         while obj.retrieve_reasons and not obj.terminated:
             reason = obj.retrieve_reasons.pop(0)
             self.indicate_retrieve(obj, reason)
+        if obj.send_backlog_forced:
+            forced, obj.send_backlog_forced = obj.send_backlog_forced, None
+            for value in forced:
+                if obj.terminated or obj.terminating:
+                    break
+                self._indicate_send_backlog(obj, value, "forced by a fault hook")
 
     # -- send completions (V6) --------------------------------------------------------------------------
     def _complete_acked_sends(self, obj: TcpObject) -> None:
@@ -1754,6 +1824,84 @@ class OffloadTarget(Miniport):
         self._dirty.add(obj.handle)
         self._later(self._service_dirty)
 
+    # -- send backlog (b.13 SendBacklogSize, b.14 TcpIndicateSendBacklogChange) -------------------
+    def _send_backlog_mss(self, obj: TcpObject) -> int:
+        """The connection's MSS as the data path computes it at activate: the peer's MSS (536
+        if unknown) within the path MTU, less the timestamp option when it is in use."""
+        mss = min(obj.const.RemoteMss or 536, obj.path.state.Cached.PathMtu - 40)
+        if obj.const.Flags & TCP_FLAG_TIMESTAMP_ENABLED:
+            mss -= 12
+        return max(mss, 16)
+
+    def send_backlog_size(self, conn: Any) -> int:
+        """The connection's current preferred send backlog (what a query returns)."""
+        obj = self.find(conn)
+        get = self.table.get_field
+        return preferred_send_backlog(get(obj.handle, "CWnd"), get(obj.handle, "SndWnd"),
+                                      self._send_backlog_mss(obj), self.send_backlog_max)
+
+    def _may_indicate_backlog(self, obj: TcpObject) -> bool:
+        """Offloaded (the initiate completion was made, V4/c.4), not terminating or gone
+        (V10), and still able to take sends: not aborted, no FIN queued, no upload pending."""
+        return (obj.live and not (obj.terminating or obj.terminated or obj.aborted or obj.hw_failed
+                                  or obj.invalid or obj.fin_pending or obj.fin_requested)
+                and obj.upload_reason is None and not self.upload_all_indicated
+                and self.tcps.get(obj.handle) is obj)
+
+    def _check_send_backlogs(self) -> None:
+        """From ``poll``: evaluate the send backlog of every connection whose sends were ACKed
+        since its last evaluation (module docstring); one not due yet waits for its time."""
+        acked, self._backlog_acked = self._backlog_acked, set()
+        self._backlog_due = None
+        if not (self.send_backlog_auto and self.datapath):
+            return
+        now = self.now
+        tcps = self.tcps
+        get = self.table.get_field
+        srtt_scale = 8 * self.ticks_per_second  # SRtt is in ticks x 8 (b.13)
+        interval = self.send_backlog_interval
+        due: float | None = None
+        for handle in acked:
+            obj = tcps.get(handle)
+            if obj is None or not self._may_indicate_backlog(obj):
+                continue
+            if now < obj.send_backlog_next:
+                self._backlog_acked.add(handle)
+                if due is None or obj.send_backlog_next < due:
+                    due = obj.send_backlog_next
+                continue
+            cwnd, wnd = get(handle, "CWnd"), get(handle, "SndWnd")
+            mss = self._send_backlog_mss(obj)
+            value = preferred_send_backlog(cwnd, wnd, mss, self.send_backlog_max)
+            obj.send_backlog_next = now + max(interval, get(handle, "SRtt") / srtt_scale)
+            last = obj.send_backlog
+            if last is not None and abs(value - last) < max(last // 4, 2 * mss):
+                continue  # not a meaningful change
+            self._indicate_send_backlog(obj, value, f"CWnd {cwnd}, SndWnd {wnd}")
+        self._backlog_due = due
+
+    def _indicate_send_backlog(self, obj: TcpObject, value: int, why: str) -> None:
+        obj.send_backlog = value
+        self._count("send_backlog_indications")
+        log.debug("%s: %s TcpIndicateSendBacklogChange %d bytes (%s)", self.name, obj.label, value, why)
+        self.ndis.NdisTcpOffloadEventHandler(
+            obj.NdisOffloadHandle, TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, value)
+
+    def indicate_send_backlog(self, conn: Any, value: int) -> None:
+        """TcpIndicateSendBacklogChange(``value``) for one connection, from a work item (never
+        inside a handler), once it is offloaded; dropped if it is terminating / aborted by
+        then.  The target's own evaluation goes on: it replaces the value at its next
+        meaningful change unless ``send_backlog_auto`` is off."""
+        value = int(value)
+        if not 0 <= value <= _U32:
+            raise ValueError(f"SendBacklogSize {value} is not a ULONG")
+        obj = self.find(conn)
+        if obj.send_backlog_forced is None:
+            obj.send_backlog_forced = []
+        obj.send_backlog_forced.append(value)
+        self._dirty.add(obj.handle)
+        self._later(self._service_dirty)
+
     def indicate_status(self, code: int, buffer: Any = None) -> None:
         self.ndis.NdisMIndicateStatusEx(NDIS_STATUS_INDICATION(code, buffer))
 
@@ -1860,6 +2008,6 @@ class OffloadTarget(Miniport):
             out.append(dict(label=o.label, handle=o.handle, sends=len(o.sends), posts=len(o.posts),
                             acked=o.acked_total, queued=o.stream_total, held=len(o.rx_held),
                             upload_reason=o.upload_reason, aborted=o.aborted,
-                            fin_received=o.fin_received))
+                            fin_received=o.fin_received, send_backlog=o.send_backlog))
         return out
 

@@ -48,6 +48,13 @@ Conventions picked where the reference leaves a choice
   accepted indication are returned from the next ``poll``, never from inside the indication.
 * Undelivered receive data goes down as ``BufferedData`` unless the peer's FIN was already
   received (then it stays in the socket so the EOF cannot overtake it).
+* ``TcpIndicateSendBacklogChange`` (b.14) is counted and its value kept per connection
+  (``status()``).  With :attr:`ChimneyPolicy.honour_send_backlog` the host hands down at most
+  ``max(value, send_backlog_floor)`` bytes beyond the completed ones (never more than
+  ``send_limit``); the rest stays in the application's stream (backpressure, in order) and
+  goes down as sends complete, or to the resumed connection after an upload.  Before the
+  first indication the floor is the limit.  The send data of the initiate is handed down
+  whole (T.3: it is the sequence space from SndUna).
 * After a local abortive disconnect or a ``TcpIndicateAbort`` the connection is uploaded to
   free the target's context but not rebuilt; a returned TIME_WAIT / CLOSED state ends the
   connection (the engine cannot import those states).  A lost connection (FAILURE) is not
@@ -167,6 +174,13 @@ class ChimneyPolicy:
     path_mtu: int = 1500
     hand_down_buffered_data: bool = True  # initiate BufferedData (False: keep it in the socket)
     cached: TcpCachedExtras = field(default_factory=TcpCachedExtras)
+    # b.13/b.14: keep at most max(the target's preferred send backlog, send_backlog_floor)
+    # bytes outstanding at the target (and never more than send_limit).  Off by default: the
+    # value is the target's preference, not a limit the host must keep, and honouring it
+    # throttles the hand-down while the window ramps up (indications are rate limited), which
+    # the offloaded-throughput benchmark has not been measured with.
+    honour_send_backlog: bool = False
+    send_backlog_floor: int = 64 * 1024  # the limit before the first indication, and below it
 
 
 @dataclass(frozen=True)
@@ -307,7 +321,16 @@ class OffloadedConnection:
             or self._closed
         ):
             return 0
-        return max(0, self.chimney.send_limit - self.outstanding)
+        chimney = self.chimney
+        limit = chimney.send_limit
+        policy = chimney.policy
+        if policy.honour_send_backlog:
+            # b.14: the target's preferred outstanding bytes, never below the floor (a zero or
+            # tiny value must not stall the connection; none indicated yet: the floor)
+            backlog = self.send_backlog or 0
+            floor = policy.send_backlog_floor
+            limit = min(limit, backlog if backlog > floor else floor)
+        return max(0, limit - self.outstanding)
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         n = min(len(data), self.send_space())
@@ -399,6 +422,7 @@ class ChimneyHost(Protocol):
             "offloads": 0, "offload_failures": 0, "uploads": 0, "lost": 0, "forwarded": 0,
             "held_segments": 0, "send_nbls": 0, "bytes_sent": 0, "bytes_received": 0,
             "indications": 0, "posts": 0, "retrieve_requests": 0, "queries": 0, "updates": 0, "refused_send_bytes": 0,
+            "send_backlog_indications": 0,
         }
         stack.add_service(self)
 
@@ -460,6 +484,7 @@ class ChimneyHost(Protocol):
                 "connection": r.name, "offload_state": str(r.phase), "tcp_state": str(r.state),
                 "handle": r.handle.label, "outstanding_send": r.outstanding,
                 "buffered_receive": len(r.rbuf), "upload_wanted": r.upload_wanted,
+                "send_backlog": r.send_backlog,
             }
             for r in self.records.values()
         ]
@@ -1142,7 +1167,12 @@ class ChimneyHost(Protocol):
             else:
                 log.info("%s: %s optional upload request %s declined", self.name, rec.name, reason.name)
         elif EventType == TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange:
-            rec.send_backlog = EventSpecificInformation
+            # b.14: the new preferred number of outstanding send bytes; with
+            # honour_send_backlog it bounds send_space (the _notify below wakes writers)
+            self.counters["send_backlog_indications"] += 1
+            rec.send_backlog = int(EventSpecificInformation)
+            log.debug("%s: %s send backlog %d bytes (%d outstanding)", self.name, rec.name,
+                      rec.send_backlog, rec.outstanding)
         self._notify(rec)
 
     def StatusEx(self, StatusIndication: NDIS_STATUS_INDICATION) -> None:  # noqa: N802,N803

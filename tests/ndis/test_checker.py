@@ -55,7 +55,7 @@ def assert_clean(b):
 
 
 def test_every_rule_has_a_description():
-    assert set(RULES) == {f"V{i}" for i in range(1, 18)} | {"C3.2"}
+    assert set(RULES) == {f"V{i}" for i in range(1, 18)} | {"C3.2", "C4"}
 
 
 def test_strict_mode_raises_with_rule_object_and_calls():
@@ -484,6 +484,45 @@ def test_v11_retrieve_on_path_and_bad_reason():
     assert "invalid reason" in assert_flagged(b, "V11").message
 
 
+# C4 (TcpIndicateSendBacklogChange) -----------------------------------------------------------
+
+def test_c4_legal():
+    b = connected()
+    for value in (0, 65536, 0xFFFFFFFF):  # any ULONG: the host decides what to make of it
+        b.target.indicate_event("T", TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, value)
+    b.host.terminate(["T"])
+    b.run()
+    assert_clean(b)
+
+
+def test_c4_backlog_change_before_initiate_complete_on_path_and_too_big():
+    b = ChimneyBench(0, strict=False)
+    b.target.hold = True
+    n, p, t = sample_states()
+    b.host.offload_connection(n, p, t)
+    root = held_root(b)
+    b.target._initiate(root)
+    tblock = root.DependentBlockList.DependentBlockList
+    b.target.ndis.NdisTcpOffloadEventHandler(
+        tblock.NdisOffloadHandle, TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, 4096)
+    assert "before NdisMInitiateOffloadComplete" in assert_flagged(b, "C4").message
+    b2 = connected(strict=False)
+    b2.target.indicate_event("P", TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, 4096)
+    assert "neighbor/path" in assert_flagged(b2, "C4").message
+    b2.checker.violations.clear()
+    b2.target.indicate_event("T", TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, 1 << 32)
+    assert "not a ULONG" in assert_flagged(b2, "C4").message
+
+
+def test_c4_backlog_change_after_terminate_is_v10():
+    b = connected(strict=False)
+    obj = b.target.objects["T"]
+    b.host.terminate(["T"])
+    b.run()
+    b.target.indicate_event(obj, TCP_OFFLOAD_EVENT_TYPE.TcpIndicateSendBacklogChange, 4096)
+    assert_flagged(b, "V10")
+
+
 # V12 -----------------------------------------------------------------------------------------
 
 def test_v12_legal_overlapping_queries():
@@ -724,6 +763,7 @@ BROKEN = {
     "V16": [test_v16_forward_before_offload_and_unserialized_sends],
     "V17": [test_v17_im_not_restoring_saved_fields, test_v17_wrong_flavor_and_untranslated_handle],
     "C3.2": [test_c3_2_send_while_being_offloaded],
+    "C4": [test_c4_backlog_change_before_initiate_complete_on_path_and_too_big],
 }
 
 

@@ -570,7 +570,9 @@ def test_query_fills_the_structures(make_rig) -> None:
     assert set(statuses(root).values()) == {"SUCCESS"}
     q = {b.label: b.state for b in (root, root.NextBlock, root.NextBlock.NextBlock)}
     assert q["T"].Const.LocalPort == 40000 and q["T"].Delegated.RcvNxt == 1005
-    assert q["T"].Delegated.ReceiveBacklogSize == 5 and q["T"].Delegated.SendBacklogSize == 0xFFFFFFFF
+    # b.13: SendBacklogSize is the preferred backlog of the same CWnd / SndWnd (14600 / 65535,
+    # MSS 1460): 2 x 14600 (test_send_backlog.py has the rule)
+    assert q["T"].Delegated.ReceiveBacklogSize == 5 and q["T"].Delegated.SendBacklogSize == 29200
     assert q["N"].Cached.DlDestinationAddress[:6] == bytes.fromhex("020000000001")
     assert q["P"].Cached.PathMtu == 1500
 
