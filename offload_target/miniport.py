@@ -284,6 +284,9 @@ class TcpObject:
     # send side
     sends: deque[_SendEntry] | tuple[()] = ()
     stream_total: int = 0  # bytes of all send/disconnect NBLs accepted so far
+    # stream offset from which queued sends are refused (never handed to the data path): sends
+    # posted while an upload is pending and earlier sends are outstanding (_do_send)
+    send_barrier: int | None = None
     appended_total: int = 0  # of those, bytes handed to table.send_append
     acked_total: int = 0  # from EVENT_SEND_ACKED / table.acked_total
     fin_pending: bool = False  # graceful disconnect waiting for its data to be appended
@@ -1093,6 +1096,7 @@ class OffloadTarget(Miniport):
         sends = [self._finish(e.nbl, status) for e in obj.sends if e.kind == "send"]
         discs = [self._finish(e.nbl, status) for e in obj.sends if e.kind == "disconnect"]
         obj.sends = ()
+        obj.send_barrier = None
         self._complete_io("send", sends)
         self._complete_io("disconnect", discs)
         posts = [self._finish(p.nbl, status, p.filled) if p.filled else self._finish(p.nbl, status)
@@ -1242,7 +1246,23 @@ class OffloadTarget(Miniport):
         return NdisStatus.PENDING
 
     def _do_send(self, obj: TcpObject, nbls: list[NET_BUFFER_LIST]) -> None:
-        if obj.terminated or obj.upload_pending or obj.invalid or self.upload_all_indicated:
+        refuse = obj.terminated or obj.upload_pending or obj.invalid or self.upload_all_indicated
+        if refuse or obj.send_barrier is not None:
+            if obj.sends and not obj.terminated:
+                # d.2 refuses these sends, but f.3 / V6: completions are FIFO and a refused NBL
+                # must not overtake the earlier ones still outstanding.  They queue behind them
+                # and are never handed to the data path: completed with UPLOAD_IN_PROGRESS
+                # once everything before them has completed (_complete_acked_sends), or handed
+                # back in the terminate's NetBufferListChain after the others (d.3 step 6).
+                if obj.send_barrier is None:
+                    obj.send_barrier = obj.stream_total
+                for nbl in nbls:
+                    n = nbl.DataLength
+                    obj.queue_send(_SendEntry(nbl, obj.stream_total, obj.stream_total + n))
+                    obj.stream_total += n
+                log.debug("%s: %s %d send(s) refused behind %d outstanding", self.name, obj.label,
+                          len(nbls), len(obj.sends) - len(nbls))
+                return
             status = NdisStatus.UPLOAD_IN_PROGRESS  # d.2 (also while paused for upload-all)
         elif obj.aborted or obj.hw_failed or obj.fin_pending or obj.fin_requested:
             status = NdisStatus.REQUEST_ABORTED
@@ -1259,12 +1279,16 @@ class OffloadTarget(Miniport):
     def _pump_sends(self, obj: TcpObject) -> None:
         """Hand queued send bytes to the data path, FIFO (T.1); then a pending FIN."""
         appended = obj.appended_total
+        barrier = obj.send_barrier
+        limit = obj.stream_total if barrier is None else barrier  # refused sends stay queued
         # every entry ends at or before stream_total: when all of it was appended the walk
         # over the (unacknowledged) entries would skip each one (the usual case: _service
         # calls this on every event)
-        for e in (obj.sends if appended < obj.stream_total else ()):
+        for e in (obj.sends if appended < limit else ()):
             if e.end <= appended:
                 continue
+            if e.start >= limit:
+                return  # refused (_do_send): never handed to the data path
             off = appended - e.start
             base = e.nbl.DataOffset
             # a view, not a copy: send_append copies the bytes into the send ring (the
@@ -1627,8 +1651,21 @@ class OffloadTarget(Miniport):
                 obj.sends.popleft()
                 discs.append(self._finish(e.nbl, NdisStatus.SUCCESS, e.nbl.DataLength))
                 continue
+            if obj.send_barrier is not None and e.start >= obj.send_barrier:
+                break  # refused, below
             obj.sends.popleft()
             done.append(self._finish(e.nbl, NdisStatus.SUCCESS, e.nbl.DataLength))
+        barrier = obj.send_barrier
+        if barrier is not None and (not obj.sends or obj.sends[0].start >= barrier):
+            # everything before the refused sends has completed: now they may (_do_send)
+            while obj.sends:
+                e = obj.sends.popleft()  # type: ignore[union-attr]
+                # (only sends are queued behind the barrier: a disconnect is refused at once)
+                done.append(self._finish(e.nbl, NdisStatus.UPLOAD_IN_PROGRESS))
+            # the refused bytes were never appended: the stream continues where the data
+            # path is, should the connection go on (an optional upload request declined)
+            obj.stream_total = obj.appended_total
+            obj.send_barrier = None
         self._complete_io("send", done)
         self._complete_io("disconnect", discs)  # f.3: after all earlier sends
 

@@ -243,6 +243,48 @@ def test_send_after_retrieve_gets_upload_in_progress(make_rig) -> None:
     assert sends_completed(rig) == [("NDIS_STATUS_UPLOAD_IN_PROGRESS", 0)]
 
 
+def test_send_refused_behind_outstanding_sends_keeps_fifo(make_rig) -> None:
+    """d.2 refuses a send posted after the upload request, but f.3 / V6 keep completions FIFO:
+    it waits behind the earlier unacknowledged send, is never transmitted, and completes with
+    UPLOAD_IN_PROGRESS only after that one completed."""
+    rig = make_rig()
+    rig.offload()
+    peer = Peer(40000)
+    rig.host.send("T", b"a" * 100)
+    rig.advance(0.01)
+    sent = len(rig.wire)
+    rig.target.faults.request_upload("T", TCP_UPLOAD_REASON.TimeoutExpiration)
+    rig.run()
+    rig.host.send("T", b"late")
+    rig.advance(0.01)
+    assert sends_completed(rig) == []  # not ahead of "a", still outstanding
+    assert not any(b"late" in f for f in rig.wire[sent:])  # never handed to the data path
+    rig.frame_in(peer.ack_bytes(100))
+    assert sends_completed(rig) == [("NDIS_STATUS_SUCCESS", 100),
+                                    ("NDIS_STATUS_UPLOAD_IN_PROGRESS", 0)]
+    rig.checker.assert_clean()
+
+
+def test_send_refused_behind_outstanding_sends_goes_back_in_the_chain(make_rig) -> None:
+    """The same, terminated while the earlier send is unacknowledged: both are handed back in
+    the NetBufferListChain, in the order they were posted (d.3 step 6)."""
+    rig = make_rig()
+    rig.offload()
+    rig.host.send("T", b"a" * 100)
+    rig.advance(0.01)
+    rig.target.faults.request_upload("T", TCP_UPLOAD_REASON.TimeoutExpiration)
+    rig.run()
+    rig.host.send("T", b"late")
+    rig.run()
+    root = rig.host.terminate(["T"])
+    rig.run()
+    assert sends_completed(rig) == []
+    assert [bytes(n.data) for n in iter_nbls(root.NetBufferListChain)] == [b"a" * 100, b"late"]
+    d = root.state
+    assert d.SndUna == 5000 and d.SndMax == 5100  # "late" was never sent
+    rig.checker.assert_clean()
+
+
 def test_optional_retrieve_keeps_servicing(make_rig) -> None:
     rig = make_rig()
     rig.offload()
