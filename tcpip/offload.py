@@ -1348,6 +1348,7 @@ class ChimneyHost(Protocol):
         by_handle = self._by_handle
         get = by_handle.get
         paths: dict[int, _Shared] = {}  # the paths whose connections leave
+        gone: set[int] = set()  # their nodes (alive in the paths' lists until pruned below)
         resume = self._resume
         # the levels are checked once per tree, not per connection
         log_info = log.isEnabledFor(logging.INFO)
@@ -1361,16 +1362,16 @@ class ChimneyHost(Protocol):
                 pa = obj.path
                 if id(pa) not in paths:
                     paths[id(pa)] = pa
+                gone.add(id(obj.node))
                 resume(obj, block, log_info, tcp_log_info)
             elif isinstance(obj, _Shared):
                 shared.append(obj)
         # The resumed connections leave their paths' node lists in one pass per path (a
-        # list.remove each would be quadratic in the connections under a path).  A node stays
-        # while its handle still names a record (_resume unlinked the others); a handle held
-        # by its node cannot be freed, so its id is not reused meanwhile.
+        # list.remove each would be quadratic in the connections under a path).  Their nodes
+        # stay alive in those lists until then, so no id in ``gone`` is reused meanwhile.
         for pa in paths.values():
             node = pa.node
-            node.children = [n for n in node.children if id(n.handle) in by_handle]
+            node.children = [n for n in node.children if id(n) not in gone]
         for s in shared:
             self._forget_shared(s)
         self._drop_unreferenced()
