@@ -230,7 +230,7 @@ class TapDevice:
                 if self.offload:
                     complete = vnet.complete_inbound
                     hl = vnet.VNET_HDR_LEN
-                    frames = [complete(raw[:hl], raw[hl:]) for raw in frames]
+                    frames = [complete(raw[:hl], memoryview(raw)[hl:]) for raw in frames]
                 self.frames_read += len(frames)
                 self.bytes_read += sum(map(len, frames))
             return frames
@@ -259,7 +259,7 @@ class TapDevice:
         try:
             for _ in range(max_frames):
                 raw = os.read(self._fd, self.read_size)
-                frame = vnet.complete_inbound(raw[:vnet.VNET_HDR_LEN], raw[vnet.VNET_HDR_LEN:])
+                frame = vnet.complete_inbound(raw[:vnet.VNET_HDR_LEN], memoryview(raw)[vnet.VNET_HDR_LEN:])
                 frames.append(frame)
                 nbytes += len(frame)
         except BlockingIOError:

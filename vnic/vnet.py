@@ -41,11 +41,14 @@ _ETHERTYPE_IPV4 = b"\x08\x00"
 _TCP = 6
 
 
-def complete_inbound(header: bytes, frame: bytes) -> bytes:
-    """The frame with its checksums completed per the virtio-net header read with it."""
+def complete_inbound(header: bytes, frame: bytes | memoryview) -> bytes:
+    """The frame with its checksums completed per the virtio-net header read with it.
+
+    ``frame`` may be a view (of the buffer read with its header): a frame whose checksums
+    must be completed is copied once, into the result, rather than sliced out first."""
     flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = VNET_HDR.unpack(header)
     if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and gso_type == VIRTIO_NET_HDR_GSO_NONE:
-        return frame
+        return frame if isinstance(frame, bytes) else bytes(frame)
     needs_csum = flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_start + csum_offset + 2 <= len(frame)
     field = csum_start + csum_offset if needs_csum else len(frame)
     # the headers up to the checksum field are copied and fixed; the payload is copied once
