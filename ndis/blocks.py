@@ -117,39 +117,32 @@ class TreeError(ValueError):
 class ContextSlot:
     """A PVOID slot in host memory (what ``MiniportOffloadContext`` points at).
 
-    Either bound to an :class:`NDIS_OFFLOAD_HANDLE` (then it *is*
-    ``&handle->MiniportOffloadContext``) or free-standing.
+    Either a handle's slot (:attr:`NDIS_OFFLOAD_HANDLE.slot`: it *is*
+    ``&handle->MiniportOffloadContext``, the handle reads and writes its context through it)
+    or free-standing.  It does not refer back to its handle: the handle owns its slot, and a
+    reference back would make every handle a reference cycle, freed only by the garbage
+    collector (10,000 of them per mass upload).
     """
 
-    __slots__ = ("_handle", "_value", "write_seq", "__weakref__")
+    __slots__ = ("_value", "write_seq", "owner", "__weakref__")
 
-    def __init__(self, handle: NDIS_OFFLOAD_HANDLE | None = None, value: Any = None) -> None:
-        self._handle = handle
+    def __init__(self, value: Any = None, *, owner: str = "") -> None:
         self._value = value
-        self.write_seq = 0
+        self.write_seq = 0  # order of the target's writes (the checker's d.7 test)
+        self.owner = owner  # the label of the handle whose slot this is ("" = free-standing)
 
     @property
     def value(self) -> Any:
         """``*MiniportOffloadContext``."""
-        if self._handle is not None:
-            return self._handle.MiniportOffloadContext
         return self._value
 
     @value.setter
     def value(self, new: Any) -> None:
         self.write_seq = next(_slot_writes)
-        if self._handle is not None:
-            self._handle.MiniportOffloadContext = new
-        else:
-            self._value = new
-
-    @property
-    def handle(self) -> NDIS_OFFLOAD_HANDLE | None:
-        return self._handle
+        self._value = new
 
     def __repr__(self) -> str:
-        owner = self._handle.label if self._handle is not None else "free"
-        return f"<ContextSlot &{owner}->MiniportOffloadContext = {self.value!r}>"
+        return f"<ContextSlot &{self.owner or 'free'}->MiniportOffloadContext = {self._value!r}>"
 
 
 class NDIS_OFFLOAD_HANDLE:
@@ -161,21 +154,35 @@ class NDIS_OFFLOAD_HANDLE:
     NDIS_OFFLOAD_HANDLE_PRIVATE.ProtocolBindingContext, b.3).
     """
 
-    __slots__ = ("NdisReserved", "MiniportOffloadContext", "label", "_slot", "__weakref__")
+    __slots__ = ("NdisReserved", "label", "_slot", "__weakref__")
 
     _names = itertools.count(1)
 
     def __init__(self, label: str = "") -> None:
         self.NdisReserved: list[Any] = [None]
-        self.MiniportOffloadContext: Any = None
         self.label = label or f"H{next(self._names)}"
         self._slot: ContextSlot | None = None
+
+    @property
+    def MiniportOffloadContext(self) -> Any:  # noqa: N802
+        """b.3: the context the driver below wrote (NULL: none); it lives in :attr:`slot`."""
+        slot = self._slot
+        return slot._value if slot is not None else None
+
+    @MiniportOffloadContext.setter
+    def MiniportOffloadContext(self, value: Any) -> None:  # noqa: N802
+        slot = self._slot
+        if slot is None:
+            if value is None:
+                return  # (NULL already; no slot needed for it)
+            slot = self.slot
+        slot._value = value  # (the owner's own write: not counted in write_seq)
 
     @property
     def slot(self) -> ContextSlot:
         """``&self->MiniportOffloadContext`` (stable identity)."""
         if self._slot is None:
-            self._slot = ContextSlot(self)
+            self._slot = ContextSlot(owner=self.label)
         return self._slot
 
     def __repr__(self) -> str:

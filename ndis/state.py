@@ -314,6 +314,12 @@ class OFFLOAD_STATE_HEADER:
 
     FORMAT: ClassVar[str] = "<II"
 
+    def __copy__(self) -> OFFLOAD_STATE_HEADER:
+        return self  # a value: copies may share it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OFFLOAD_STATE_HEADER:
+        return self
+
 
 _STATE_HEADERS: dict[int, OFFLOAD_STATE_HEADER] = {}
 
@@ -945,6 +951,12 @@ class NDIS_OBJECT_HEADER:
     Type: int = 0
     Revision: int = 1
     Size: int = 0
+
+    def __copy__(self) -> NDIS_OBJECT_HEADER:
+        return self  # a value: copies may share it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NDIS_OBJECT_HEADER:
+        return self
 
 
 NDIS_OBJECT_TYPE_DEFAULT = 0x80

@@ -1493,6 +1493,10 @@ class ChimneyHost(Protocol):
     def _unlink(self, rec: OffloadedConnection, *, node: bool = True) -> None:
         self.records.pop(rec.key, None)
         self._by_handle.pop(id(rec.handle), None)
+        # the handle is released: the target's context it held is dead (d.3 step 10; the
+        # target's object refers back to the handle, so keeping it would make a reference
+        # cycle per connection that only the garbage collector frees)
+        rec.handle.MiniportOffloadContext = None
         pa = rec.path
         pa.dependents.discard(id(rec))
         if node and rec.node in pa.node.children:
@@ -1500,6 +1504,7 @@ class ChimneyHost(Protocol):
 
     def _forget_shared(self, s: _Shared) -> None:
         self._by_handle.pop(id(s.handle), None)
+        s.handle.MiniportOffloadContext = None  # released (as in _unlink)
         if s.layer is OffloadLayer.NEIGHBOR:
             if self._neighbors.get(s.key) is s:
                 del self._neighbors[s.key]
