@@ -9,6 +9,7 @@ mostly in a subprocess as a user's run would be.  The TAP lab tests are in
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -235,3 +236,18 @@ def test_project_conftest_loads_the_plugin_by_its_entry_point_name() -> None:
     text = (ROOT / "tests" / "conftest.py").read_text()
     assert f'pytest_plugins = ["{PLUGIN}"]' in text
     assert PLUGIN in sys.modules
+
+
+def test_readme_examples_run(pytester: pytest.Pytester, lab_privileges: str | None) -> None:
+    """The two examples of the README's "Using vnic in your own tests", as they are written
+    (the TAP one is skipped where labs cannot be built)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Using vnic in your own tests", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    pytester.makepyfile(test_readme_sim=blocks[0], test_readme_tap=blocks[1])
+    res = pytester.runpytest_subprocess("-p", PLUGIN, "-p", "no:cacheprovider", "-rA")
+    if lab_privileges is None:
+        res.assert_outcomes(passed=2)
+    else:
+        res.assert_outcomes(passed=1, skipped=1)
