@@ -1,68 +1,55 @@
-"""Shared fixtures; ``@pytest.mark.system`` tests are skipped without root/TUN/netns."""
+"""Shared fixtures; ``@pytest.mark.system`` tests are skipped without root/TUN/netns.
+
+The lab fixtures are the pytest plugin's (``vnic/pytest_plugin.py``, the one users get from the
+installed package): it is loaded here by the same name as its ``pytest11`` entry point, so the
+suite gets it exactly once whether or not the installed package's entry point is active (an
+editable install made before the entry point existed has none).  The names the tests use
+(``lab``, ``peer_agent``, ``lab_privileges``, ``virtual_clock``) delegate to the plugin's
+``vnic_*`` fixtures; the stale-lab sweep at session start is the plugin's too.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from vnic.clock import VirtualClock
-from vnic.lab import Lab, LabError, sweep_stale_labs
+from vnic.lab import Lab
 from vnic.peer import PeerAgent
-from vnic.privileges import check_lab_privileges
+from vnic.pytest_plugin import lab_privileges as _lab_privileges
 
-_LAB_REASON: str | None = check_lab_privileges()
+pytest_plugins = ["vnic.pytest_plugin"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _LAB_REASON is None:
+    reason = _lab_privileges(config)
+    if reason is None:
         return
-    skip = pytest.mark.skip(reason=f"system test skipped: {_LAB_REASON}")
+    skip = pytest.mark.skip(reason=f"system test skipped: {reason}")
     for item in items:
         if "system" in item.keywords:
             item.add_marker(skip)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Remove labs that killed test runs left behind (their owner process is gone)."""
-    if _LAB_REASON is None:
-        try:
-            sweep_stale_labs()
-        except LabError as exc:  # never stop the session over housekeeping
-            warnings.warn(f"could not sweep stale labs: {exc}", stacklevel=1)
-
-
 @pytest.fixture
-def lab_privileges() -> str | None:
+def lab_privileges(vnic_lab_privileges: str | None) -> str | None:
     """The reason a lab cannot be built here, or None."""
-    return _LAB_REASON
+    return vnic_lab_privileges
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(vnic_lab: Lab) -> Lab:
     """A TAP lab (peer namespace + TAP fd); torn down after the test, also on failure."""
-    if _LAB_REASON is not None:
-        pytest.skip(_LAB_REASON)
-    with Lab() as the_lab:
-        yield the_lab
+    return vnic_lab
 
 
 @pytest.fixture
-def peer_agent(lab: Lab) -> Iterator[Callable[..., PeerAgent]]:
+def peer_agent(lab: Lab, vnic_peer_agent: Callable[..., PeerAgent]) -> Callable[..., PeerAgent]:
     """Factory: ``peer_agent("sink", "--port", "5001")`` runs ``vnic.peer`` in the lab."""
-    agents: list[PeerAgent] = []
-
-    def start(mode: str, *args: str) -> PeerAgent:
-        agent = PeerAgent.start(lab, mode, *args)
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.stop()
+    return vnic_peer_agent
 
 
 @pytest.fixture
@@ -71,15 +58,15 @@ def capture_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def virtual_clock() -> VirtualClock:
-    return VirtualClock()
+def virtual_clock(vnic_virtual_clock: VirtualClock) -> VirtualClock:
+    return vnic_virtual_clock
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_leaked_labs() -> Iterator[None]:
+def _no_leaked_labs(pytestconfig: pytest.Config) -> Iterator[None]:
     """Fail loudly (at the end of the session) if this process left a lab behind."""
     yield
-    if _LAB_REASON is not None:
+    if _lab_privileges(pytestconfig) is not None:
         return
     from vnic.lab import list_labs
 
