@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from .addr import ip_str
 from .seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from .tcb import EXPORTABLE_STATES, TcbSnapshot, TcpState
-from .tcp_buffers import OutOfOrderQueue
+from .tcp_buffers import NO_OUT_OF_ORDER, OutOfOrderQueue
 from .tcp_congestion import NewReno
 from .tcp_rtt import RttEstimator
 from .tcp_segment import TcpFlags, TcpOptions, TcpSegment
@@ -395,7 +395,7 @@ class TcpConnection:
         self._sbuf_limit = max(1, config.send_buffer)
         self._rbuf = bytearray()  # in-order data not yet taken by the application
         self._rbuf_limit = max(1, config.receive_buffer)
-        self._ooo = OutOfOrderQueue()
+        self._ooo = NO_OUT_OF_ORDER  # (a queue of its own with the first segment held)
         self._ooo_fin: int | None = None  # sequence number of a FIN seen out of order
 
         # FIN bookkeeping
@@ -455,7 +455,9 @@ class TcpConnection:
         self.keepalive_probe_count = 0
 
         # output state
-        self._ctl: list[TcpSegment] = []  # segments built outside poll (RST, probes)
+        # segments built outside poll (RST, probes); the empty tuple until the first one
+        # (_queue_control: most connections never have one)
+        self._ctl: list[TcpSegment] | tuple[()] = ()
         self._dirty = False  # something may be sendable: run the output routine
         self._ack_now = False
         self._syn_pending = False
@@ -596,7 +598,7 @@ class TcpConnection:
         c._rbuf = rd if take_buffers and type(rd) is bytearray else bytearray(rd)
         lim = snap.initial_rcv_wnd
         c._rbuf_limit = lim if lim > 1 else 1
-        c._ooo = OutOfOrderQueue()
+        c._ooo = NO_OUT_OF_ORDER
         c._ooo_fin = None
         c._fin_queued = fin_queued
         c._fin_seq = fin_seq if fin_queued else 0  # type: ignore[assignment]  # checked
@@ -673,7 +675,7 @@ class TcpConnection:
         c._persist_unanswered = 0
         c._force_send = False
         c.keepalive_probe_count = snap.keepalive_probe_count
-        c._ctl = []
+        c._ctl = ()
         # unsent data (or a FIN not sent yet) is sent as soon as the connection is polled, if
         # the windows allow, rather than when the next ACK or timer comes
         c._dirty = n_sd > ((snd_nxt - una) & MASK) or (fin_queued and snd_max == fin_seq)
@@ -862,6 +864,13 @@ class TcpConnection:
             buffered_receive=bytes(self._rbuf),
         )
 
+    def _queue_control(self, seg: TcpSegment) -> None:
+        """Queue a segment built outside ``poll`` (RST, probe, challenge ACK) for the next one."""
+        if self._ctl:
+            self._ctl.append(seg)  # type: ignore[union-attr]
+        else:
+            self._ctl = [seg]
+
     def next_deadline(self) -> float | None:
         """Earliest time ``poll`` has work; the last ``now`` seen if output is pending."""
         if self._ctl or self._dirty or self._ack_now or self._syn_pending:
@@ -883,7 +892,7 @@ class TcpConnection:
         out: list[TcpSegment] = []
         if self._ctl:
             out.extend(self._ctl)
-            self._ctl.clear()
+            self._ctl = ()
         d = self._rto_deadline
         if d is not None and d <= now:
             self._on_rto(now)
@@ -902,7 +911,7 @@ class TcpConnection:
             self._on_close_timer(now)
         if self._ctl:
             out.extend(self._ctl)
-            self._ctl.clear()
+            self._ctl = ()
         if self._dirty or self._ack_now or self._syn_pending:
             self._output(now, out)
         return out
@@ -923,7 +932,7 @@ class TcpConnection:
             rst = reset_for_segment(seg)
             if rst is not None:
                 rst.src_port, rst.dst_port = self.local_port, self.remote_port
-                self._ctl.append(rst)
+                self._queue_control(rst)
                 counters.rsts_out += 1
             return
         if st is SYN_SENT:
@@ -1324,7 +1333,10 @@ class TcpConnection:
             self.counters.ooo_segments += 1
             self._dupack(now)
             if plen:
-                self._ooo.add(self.rcv_nxt, seq, payload)
+                ooo = self._ooo
+                if ooo is NO_OUT_OF_ORDER:
+                    ooo = self._ooo = OutOfOrderQueue()
+                ooo.add(self.rcv_nxt, seq, payload)
             if fin:
                 self._ooo_fin = seq_add(seq, plen)
 
@@ -1379,7 +1391,7 @@ class TcpConnection:
         if self._ack_now and self.state in SYNCHRONIZED_STATES:
             seg = self._make(self._ack_seq(), F_ACK, b"", now)
             self._count_out(seg)
-            self._ctl.append(seg)
+            self._queue_control(seg)
         self._ack_now = True
 
     # ---- timers ------------------------------------------------------------------------------
@@ -1471,7 +1483,7 @@ class TcpConnection:
         else:
             seg = self._make(seq, F_FIN_ACK, b"", now)
         self._count_out(seg)
-        self._ctl.append(seg)
+        self._queue_control(seg)
         end = seq_add(seq, 1)
         if seq_gt(end, self.snd_max):
             self.snd_max = end
@@ -1494,7 +1506,7 @@ class TcpConnection:
         # RFC 9293 3.8.4 / RFC 1122 4.2.3.6: SEG.SEQ = SND.NXT-1, no data (like Linux).
         seg = self._make(seq_add(self.snd_una, -1), F_ACK, b"", now)
         self._count_out(seg)
-        self._ctl.append(seg)
+        self._queue_control(seg)
         self.keepalive_probe_count += 1
         self.counters.keepalive_probes += 1
         self._ka_deadline = now + self.keepalive_interval
@@ -1630,7 +1642,7 @@ class TcpConnection:
             seg = TcpSegment(self.local_port, self.remote_port, seq, 0, F_RST, 0, opts)
         self._count_out(seg)
         self.counters.rsts_out += 1
-        self._ctl.append(seg)
+        self._queue_control(seg)
 
     def _queue_fin(self) -> None:
         self._fin_queued = True

@@ -131,3 +131,20 @@ class OutOfOrderQueue:
             ((base + s) & MASK, (base + e) & MASK)
             for s, e in zip(self._starts, self._ends, strict=True)
         ]
+
+
+
+class _NoOutOfOrderData(OutOfOrderQueue):
+    """The queue of a connection that has not received out-of-order data: one shared, empty,
+    read-only instance (:data:`NO_OUT_OF_ORDER`) instead of a queue object per connection
+    (most never get such data, and a terminate tree of 10,000 connections builds 10,000
+    connections at once).  A connection makes a queue of its own for the first segment it
+    holds."""
+
+    __slots__ = ()
+
+    def add(self, rcv_nxt: int, seq: int, data: bytes) -> int:
+        raise RuntimeError("the shared empty out-of-order queue takes no data")
+
+
+NO_OUT_OF_ORDER: OutOfOrderQueue = _NoOutOfOrderData()
