@@ -68,6 +68,24 @@ def test_ooo_segment_is_queued_and_dup_acked_then_hole_fill_delivers_all():
     assert recv_one(conn, 0.01).ack == R + 10
 
 
+def test_each_connection_gets_its_own_queue_and_the_shared_empty_one_stays_empty():
+    from tcpip.tcp_buffers import NO_OUT_OF_ORDER
+
+    a, b = established(), established()
+    assert a._ooo is NO_OUT_OF_ORDER and b._ooo is NO_OUT_OF_ORDER  # none made up front
+    a.on_segment(SEND(seq=R + 5, payload=b"world"), 0.0)
+    assert a._ooo is not NO_OUT_OF_ORDER and a._ooo.nbytes == 5
+    assert b._ooo is NO_OUT_OF_ORDER and not NO_OUT_OF_ORDER and NO_OUT_OF_ORDER.nbytes == 0
+    b.on_segment(SEND(seq=R, payload=b"hello"), 0.0)
+    assert b.receive() == b"hello" and a.receive_available() == 0
+    try:
+        NO_OUT_OF_ORDER.add(0, 5, b"x")
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the shared empty queue took data")
+
+
 def test_hole_fill_acks_immediately_even_with_delayed_ack():
     conn = established(cfg=config(delayed_ack=0.2))
     conn.on_segment(SEND(seq=R + 5, payload=b"world"), 0.0)
