@@ -320,7 +320,8 @@ class OffloadBlockList:
     """Common slot layout of both block-list flavors (see module docstring)."""
 
     __slots__ = (
-        "Header", "NextBlock", "DependentBlockList", "Status", "_w", "_pr", "_mr", "_ir", "_sc",
+        "Header", "NextBlock", "DependentBlockList", "Status", "_w0", "_w1", "_w2", "_w3",
+        "_pr", "_mr", "_ir", "_sc",
         "SourceHandle", "PortNumber", "NetBufferListChain", "state", "label", "__weakref__",
     )
 
@@ -331,8 +332,12 @@ class OffloadBlockList:
         self.NextBlock: OffloadBlockList | None = None
         self.DependentBlockList: OffloadBlockList | None = None
         self.Status: int = 0
-        # words at 0x20, 0x28, 0x30, 0x38
-        self._w: list[Any] = [None, None, None, None]
+        # the words at 0x20, 0x28, 0x30, 0x38 (their names differ by flavor, b.1 / b.2; slots
+        # rather than a list: one object fewer per block, 10,000 per terminate tree)
+        self._w0: Any = None
+        self._w1: Any = None
+        self._w2: Any = None
+        self._w3: Any = None
         # ProtocolReserved / MiniportReserved / ImReserved / Scratch: two NULL words each,
         # materialised on first use (a terminate tree of 10,000 connections would otherwise
         # allocate 40,000 lists nobody touches)
@@ -403,12 +408,14 @@ class OffloadBlockList:
 
 
 class _WordView:
-    """A live view of some of the reserved words (``NdisReserved[...]``)."""
+    """A live view of the first ``n`` of a block's four words (``NdisReserved[...]``)."""
 
-    __slots__ = ("_w", "_n")
+    __slots__ = ("_block", "_n")
 
-    def __init__(self, words: list[Any], n: int) -> None:
-        self._w, self._n = words, n
+    _NAMES = ("_w0", "_w1", "_w2", "_w3")
+
+    def __init__(self, block: OffloadBlockList, n: int) -> None:
+        self._block, self._n = block, n
 
     def __len__(self) -> int:
         return self._n
@@ -416,15 +423,15 @@ class _WordView:
     def __getitem__(self, i: int) -> Any:
         if not -self._n <= i < self._n:
             raise IndexError(i)
-        return self._w[i % self._n]
+        return getattr(self._block, self._NAMES[i % self._n])
 
     def __setitem__(self, i: int, v: Any) -> None:
         if not -self._n <= i < self._n:
             raise IndexError(i)
-        self._w[i % self._n] = v
+        setattr(self._block, self._NAMES[i % self._n], v)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._w[: self._n])
+        return iter([getattr(self._block, name) for name in self._NAMES[: self._n]])
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other)  # type: ignore[call-overload]
@@ -440,25 +447,25 @@ class NDIS_MINIPORT_OFFLOAD_BLOCK_LIST(OffloadBlockList):
 
     @property
     def NdisReserved(self) -> _WordView:  # noqa: N802
-        return _WordView(self._w, 2)
+        return _WordView(self, 2)
 
     @property
     def MiniportOffloadContext(self) -> ContextSlot | None:  # noqa: N802
         """b.1 0x30: NULL = placeholder; else points at a PVOID slot (b.5)."""
-        return self._w[2]
+        return self._w2
 
     @MiniportOffloadContext.setter
     def MiniportOffloadContext(self, slot: ContextSlot | None) -> None:  # noqa: N802
-        self._w[2] = slot
+        self._w2 = slot
 
     @property
     def NdisOffloadHandle(self) -> Any:  # noqa: N802
         """b.1 0x38: the handle the target stores and passes back in indications."""
-        return self._w[3]
+        return self._w3
 
     @NdisOffloadHandle.setter
     def NdisOffloadHandle(self, handle: Any) -> None:  # noqa: N802
-        self._w[3] = handle
+        self._w3 = handle
 
 
 class NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST(OffloadBlockList):
@@ -468,16 +475,16 @@ class NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST(OffloadBlockList):
 
     @property
     def NdisReserved(self) -> _WordView:  # noqa: N802
-        return _WordView(self._w, 3)
+        return _WordView(self, 3)
 
     @property
     def OffloadHandle(self) -> NDIS_OFFLOAD_HANDLE | None:  # noqa: N802
         """b.2 0x38: the caller's NDIS_OFFLOAD_HANDLE for this object; NULL = placeholder."""
-        return self._w[3]
+        return self._w3
 
     @OffloadHandle.setter
     def OffloadHandle(self, handle: NDIS_OFFLOAD_HANDLE | None) -> None:  # noqa: N802
-        self._w[3] = handle
+        self._w3 = handle
 
 
 def recast(block: OffloadBlockList, cls: type[OffloadBlockList]) -> OffloadBlockList:
@@ -489,10 +496,9 @@ def recast(block: OffloadBlockList, cls: type[OffloadBlockList]) -> OffloadBlock
 def ndis_to_miniport(block: OffloadBlockList) -> NDIS_MINIPORT_OFFLOAD_BLOCK_LIST:
     """b.2: the conversion NDIS does on the way down (protocol -> miniport), in place."""
     if isinstance(block, NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST):
-        words = block._w
-        handle = words[3]  # OffloadHandle, which the miniport flavor calls NdisOffloadHandle
+        handle = block._w3  # OffloadHandle, which the miniport flavor calls NdisOffloadHandle
         block.__class__ = NDIS_MINIPORT_OFFLOAD_BLOCK_LIST  # recast
-        words[2] = handle.slot if handle is not None else None  # MiniportOffloadContext
+        block._w2 = handle.slot if handle is not None else None  # MiniportOffloadContext
     assert isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST)
     return block
 
@@ -503,7 +509,7 @@ def ndis_to_protocol(block: OffloadBlockList) -> NDIS_PROTOCOL_OFFLOAD_BLOCK_LIS
     third reserved word (the miniport flavor's MiniportOffloadContext)."""
     if isinstance(block, NDIS_MINIPORT_OFFLOAD_BLOCK_LIST):
         block.__class__ = NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST  # recast
-        block._w[2] = None
+        block._w2 = None
     assert isinstance(block, NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST)
     return block
 
@@ -523,7 +529,7 @@ def block_role(block: OffloadBlockList) -> BlockRole:
         if slot is None:
             return BlockRole.PLACEHOLDER
         return BlockRole.NEW_OFFLOAD if slot.value is None else BlockRole.REFERENCE
-    handle = block._w[3]
+    handle = block._w3
     if handle is None:
         return BlockRole.PLACEHOLDER
     return BlockRole.NEW_OFFLOAD if handle.MiniportOffloadContext is None else BlockRole.REFERENCE
@@ -806,7 +812,7 @@ def _terminate_chain(nodes: Sequence[OffloadNode]) -> NDIS_PROTOCOL_OFFLOAD_BLOC
             t = _terminate_type(layer)
         handle = node.handle
         b = block_cls(Type=t, state=empty[layer](), label=node.label or handle.label)
-        b._w[3] = handle  # OffloadHandle
+        b._w3 = handle  # OffloadHandle
         children = node.children
         if children:
             b.DependentBlockList = _terminate_chain(children)
@@ -945,7 +951,7 @@ def encode_block(block: OffloadBlockList, ptrs: PointerTable | None = None) -> b
     """The 0x98 bytes of a block list (either flavor; the words at 0x30/0x38 are what they hold
     in the current flavor)."""
     p = ptrs if ptrs is not None else PointerTable()
-    w = block._w
+    w = (block._w0, block._w1, block._w2, block._w3)
     return struct.pack(
         _BLOCK_FMT, block.Header.Type & 0xFF, block.Header.Revision & 0xFF,
         block.Header.Size & 0xFFFF, p.ref(block.NextBlock), p.ref(block.DependentBlockList),
@@ -972,7 +978,7 @@ def decode_block(
     block.Header = NDIS_OBJECT_HEADER(v[0], v[1], v[2])
     block.NextBlock, block.DependentBlockList = res(v[3]), res(v[4])
     block.Status = v[5]
-    block._w = [res(v[6]), res(v[7]), res(v[8]), res(v[9])]
+    block._w0, block._w1, block._w2, block._w3 = res(v[6]), res(v[7]), res(v[8]), res(v[9])
     block.ProtocolReserved = [res(v[10]), res(v[11])]
     block.MiniportReserved = [res(v[12]), res(v[13])]
     block.ImReserved = [res(v[14]), res(v[15])]

@@ -225,7 +225,7 @@ class _Edge:
 
 
 def _role_protocol(block: OffloadBlockList) -> BlockRole:
-    handle = block._w[3]
+    handle = block._w3
     if handle is None:
         return BlockRole.PLACEHOLDER
     ctx = getattr(handle, "MiniportOffloadContext", None)
@@ -311,7 +311,7 @@ class ConformanceChecker:
                 self._flag("V17", f"Ndis{op.value}Offload with a {block.flavor}-flavored block",
                            block.label, e.name)
             role = _role_protocol(block)
-            handle = block._w[3]
+            handle = block._w3
             obj = e.obj(handle) if handle is not None else None
             s = _Snap(block, role, layers.get(id(block)), handle, parent, obj)
             snaps.append(s)
@@ -586,7 +586,7 @@ class ConformanceChecker:
         e = self._edge(binding)
         self._note(e.name, f"Protocol{op.value}OffloadComplete root={root.label}")
         for b, _, _ in iter_tree(root):
-            handle = b._w[3]
+            handle = b._w3
             obj = e.obj(handle) if handle is not None else None
             if obj is None:
                 continue
