@@ -181,6 +181,17 @@ class TargetFaults:
 
         self._block_rules.append((pred, int(status), frozenset(ops)))
 
+    @property
+    def block_rules(self) -> bool:
+        """Whether any fail/partially-fail rule is armed (a terminate tree of 10,000 blocks
+        asks :meth:`block_status` only then)."""
+        return bool(self._block_rules)
+
+    @property
+    def terminate_data_faults(self) -> bool:
+        """Whether a wrong-RcvNxt or drop-buffered-data fault is armed for some connection."""
+        return bool(self._rcv_nxt_delta or self._drop_buffered)
+
     def block_status(self, op: Operation, block: Any) -> int | None:
         """The status a rule forces on ``block`` in ``op`` (None = no rule)."""
         for pred, status, ops in self._block_rules:

@@ -863,7 +863,7 @@ class OffloadTarget(Miniport):
         # table offers it (export_many).  (Parallel lists, no tuple per connection: a tree
         # can hold 10,000 connections.)
         tcps = self.tcps
-        block_status = self.faults.block_status
+        block_status = self.faults.block_status if self.faults.block_rules else None
         success, failure = NdisStatus.SUCCESS, NdisStatus.FAILURE
         objs: list[TcpObject] = []
         blocks: list[NDIS_MINIPORT_OFFLOAD_BLOCK_LIST] = []
@@ -879,7 +879,7 @@ class OffloadTarget(Miniport):
                 block.Status = success
                 continue
             obj = slot.value
-            forced = block_status(terminate, block)
+            forced = block_status(terminate, block) if block_status is not None else None
             if isinstance(obj, TcpObject):
                 h = obj.handle
                 if h in tcps and h not in taken:
@@ -1047,7 +1047,8 @@ class OffloadTarget(Miniport):
                 deleg.SendDataHead = deleg.SendDataTail = None
             deleg.SendBacklogSize = None
             deleg.ReceiveBacklogSize = None
-            delta = self.faults.take_rcv_nxt_delta(obj)
+            faulty = self.faults.terminate_data_faults
+            delta = self.faults.take_rcv_nxt_delta(obj) if faulty else 0
             if delta:  # fault hook: a wrong RcvNxt handed back
                 deleg.RcvNxt = (deleg.RcvNxt + delta) % _SEQ
             # step 7: received, ACKed, undelivered data -> BufferedData (ends at RcvNxt)
@@ -1056,7 +1057,7 @@ class OffloadTarget(Miniport):
                 obj.rx_held.clear()
             else:
                 rest = bytes(table_buffered)
-            if rest and self.faults.take_drop_buffered(obj):
+            if rest and faulty and self.faults.take_drop_buffered(obj):
                 rest = b""  # fault hook: the buffered data is lost
             deleg.BufferedData = None
             if rest:
