@@ -112,17 +112,19 @@ def render_offload(r: dict[str, Any]) -> str:
 
 
 def bench_handoff(handoffs: int, connections: int, progress: Progress | None = None, *,
-                  sim_only: bool = False, upload_only: bool = False) -> dict[str, Any]:
+                  sim_only: bool = False, upload_only: bool = False,
+                  runs: int = 1) -> dict[str, Any]:
     """Handoff gap (terminate call to the host's first frame on the wire) over many offload ->
     terminate cycles, over TAP with the kernel peer when privileges allow (unless ``sim_only``;
     otherwise on the simulated wire), and the time to upload ``connections`` offloaded
     connections in one terminate tree on the simulated wire (:mod:`vnic.bench_handoff`).
-    ``upload_only``: the upload alone (no gap cycles, no lab)."""
+    ``upload_only``: the upload alone (no gap cycles, no lab).  ``runs``: independent upload
+    runs, each in a fresh process; the median is reported with every run's figure."""
     from vnic.bench_handoff import run
     from vnic.privileges import check_lab_privileges
 
     if upload_only:
-        return run(handoffs, connections, progress, tap=False, upload_only=True)
+        return run(handoffs, connections, progress, tap=False, upload_only=True, runs=runs)
     say = progress or (lambda _m: None)
     reason = "--sim given" if sim_only else check_lab_privileges()
     if reason and not sim_only:
@@ -131,7 +133,7 @@ def bench_handoff(handoffs: int, connections: int, progress: Progress | None = N
     from vnic.lab import LabError
 
     try:
-        result = run(handoffs, connections, progress, tap=not reason)
+        result = run(handoffs, connections, progress, tap=not reason, runs=runs)
     except LabError as exc:
         raise UsageError(f"cannot set up the lab: {exc}; --sim uses the simulated wire") from exc
     result["tap_skipped"] = reason or None

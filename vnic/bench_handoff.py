@@ -25,8 +25,11 @@ No ConformanceChecker runs here (it is a test instrument, not part of the data p
 from __future__ import annotations
 
 import gc
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -515,11 +518,44 @@ def upload_many(connections: int, progress: Progress | None = None) -> dict[str,
             "clock": "virtual wire clock; upload_ms is wall-clock time of the processing"}
 
 
+def upload_runs(connections: int, runs: int, progress: Progress | None = None) -> dict[str, Any]:
+    """``upload_many`` ``runs`` times, each in a fresh interpreter (every run starts from a
+    heap laid out the same way; a second setup in the same process allocates over the first's
+    freed memory and measures that instead).  The result is the median run's, with every
+    run's figure in ``runs_ms``; all must resume for ``all_resumed``.  ``runs`` == 1: one
+    run in this process."""
+    say = progress or (lambda _m: None)
+    if runs <= 1:
+        return upload_many(connections, progress)
+    code = ("import json, sys\n"
+            "from vnic.alloc import keep_large_buffers_in_heap\n"
+            "keep_large_buffers_in_heap()  # as the vnic command does at start\n"
+            "from vnic.bench_handoff import upload_many\n"
+            f"print(json.dumps(upload_many({int(connections)})))\n")
+    results: list[dict[str, Any]] = []
+    for i in range(runs):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=600, check=False)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"upload run {i + 1} of {runs} failed: {last}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        say(f"sim: upload run {i + 1}/{runs}: {r['upload_ms']:.1f} ms, "
+            f"{r['resumed']}/{connections} resumed")
+    by_time = sorted(results, key=lambda r: r["upload_ms"])
+    median = dict(by_time[len(by_time) // 2])  # (the upper middle one for an even count)
+    median["runs"] = runs
+    median["runs_ms"] = [r["upload_ms"] for r in results]
+    median["all_resumed"] = all(r["all_resumed"] for r in results)
+    return median
+
+
 # -------------------------------------------------------------------------------------- the bench
 
 
 def run(handoffs: int, connections: int, progress: Progress | None = None, *,
-        tap: bool = True, upload_only: bool = False) -> dict[str, Any]:
+        tap: bool = True, upload_only: bool = False, runs: int = 1) -> dict[str, Any]:
     if not has_datapath():
         from vnic.cli import UsageError
 
@@ -528,7 +564,7 @@ def run(handoffs: int, connections: int, progress: Progress | None = None, *,
     # --upload-only: the upload figure alone (no gap cycles, no lab)
     gap = None if upload_only else (gap_tap(handoffs, progress) if tap
                                     else gap_sim(handoffs, progress))
-    upload = upload_many(connections, progress)
+    upload = upload_runs(connections, runs, progress)
     ok = bool(upload["all_resumed"])
     if gap is not None:
         ok = ok and bool(gap["intact"] and gap["count"] == handoffs)
@@ -542,6 +578,15 @@ def run(handoffs: int, connections: int, progress: Progress | None = None, *,
         "upload_meets_goal": upload["upload_ms"] < UPLOAD_GOAL_MS and connections >= 10_000,
         "ok": ok,
     }
+
+
+def _runs(u: dict[str, Any]) -> str:
+    """``"median of 3 runs, each in a fresh process (160.1, 170.2, 226.0 ms); "``, or ``""``."""
+    ms = u.get("runs_ms")
+    if not ms or len(ms) < 2:
+        return ""
+    return (f"median of {len(ms)} runs, each in a fresh process "
+            f"({', '.join(f'{m:.1f}' for m in ms)} ms): ")
 
 
 def _gc_counts(u: dict[str, Any]) -> str:
@@ -558,7 +603,8 @@ def render(r: dict[str, Any]) -> str:
             f"{goals['upload_ms']:g} ms)",
             f"  upload of {u['connections']} offloaded connections in one terminate tree "
             "(simulated wire, wall clock):",
-            f"    {u['upload_ms']:.1f} ms ({u['ratio_to_goal']:.2f}x the {u['goal_ms']:g} ms goal; "
+            f"    {_runs(u)}{u['upload_ms']:.1f} ms ({u['ratio_to_goal']:.2f}x the "
+            f"{u['goal_ms']:g} ms goal; "
             f"goal {'met' if r['upload_meets_goal'] else 'NOT met'}), "
             f"{u['resumed']}/{u['connections']} resumed, data both ways byte-exact on "
             f"{u['data_checked'] // 2}; setup {u['setup_seconds']:.1f} s; "
@@ -587,7 +633,8 @@ def render(r: dict[str, Any]) -> str:
                  + (f"; failures {fails}" if fails else ""))
     lines.append(f"  upload of {u['connections']} offloaded connections in one terminate tree "
                  "(simulated wire, wall clock):")
-    lines.append(f"    {u['upload_ms']:.1f} ms ({u['ratio_to_goal']:.2f}x the {u['goal_ms']:g} ms goal; "
+    lines.append(f"    {_runs(u)}{u['upload_ms']:.1f} ms ({u['ratio_to_goal']:.2f}x the "
+                 f"{u['goal_ms']:g} ms goal; "
                  f"goal {'met' if r['upload_meets_goal'] else 'NOT met'}), "
                  f"{u['resumed']}/{u['connections']} resumed, data both ways byte-exact on "
                  f"{u['data_checked'] // 2}; setup {u['setup_seconds']:.1f} s; "

@@ -22,7 +22,7 @@ UPLOAD_KEYS = {"connections", "upload_ms", "goal_ms", "ratio_to_goal", "all_resu
 
 def test_bench_handoff_json_sim(capsys: pytest.CaptureFixture[str]) -> None:
     status = cli.main(["bench", "handoff", "--sim", "--json", "--handoffs", "20",
-                       "--connections", "200"])
+                       "--connections", "200", "--runs", "1"])
     out = capsys.readouterr().out
     assert status == cli.EXIT_OK, out
     r = json.loads(out)
@@ -44,8 +44,8 @@ def test_bench_handoff_json_sim(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_handoff_text_sim_says_which_wire(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bench", "handoff", "--sim", "--handoffs", "5", "--connections", "20"]) \
-        == cli.EXIT_OK
+    assert cli.main(["bench", "handoff", "--sim", "--handoffs", "5", "--connections", "20",
+                     "--runs", "1"]) == cli.EXIT_OK
     text = capsys.readouterr().out
     assert "vnic bench handoff" in text
     assert "simulated wire" in text and "wall-clock" in text
