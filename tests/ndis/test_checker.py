@@ -42,6 +42,15 @@ def held_root(b):
     return root
 
 
+def held_offload(b):
+    """Offload the sample neighbor / path / connection while the target holds requests: the
+    initiate tree as the target received it, not processed yet."""
+    b.target.hold = True
+    n, p, t = sample_states()
+    b.host.offload_connection(n, p, t)
+    return held_root(b)
+
+
 def assert_flagged(b, rule):
     assert rule in b.checker.rules_broken, [str(v) for v in b.checker.violations]
     v = next(v for v in b.checker.violations if v.rule == rule)
@@ -121,10 +130,7 @@ def test_v2_legal_partial_tree():
 
 def test_v2_context_written_for_failed_block():
     b = ChimneyBench(0, strict=False)
-    b.target.hold = True
-    n, p, t = sample_states()
-    b.host.offload_connection(n, p, t)
-    root = held_root(b)
+    root = held_offload(b)
     b.target._initiate(root)
     tblock = root.DependentBlockList.DependentBlockList
     tblock.Status = NdisStatus.OFFLOAD_TCP_ENTRIES  # but its slot was written
@@ -135,10 +141,7 @@ def test_v2_context_written_for_failed_block():
 
 def test_v2_not_depth_first():
     b = ChimneyBench(0, strict=False)
-    b.target.hold = True
-    n, p, t = sample_states()
-    b.host.offload_connection(n, p, t)
-    root = held_root(b)
+    root = held_offload(b)
     for block in reversed(list(iter_blocks(root))):  # T, P, N: wrong order
         block.MiniportOffloadContext.value = object()
         block.Status = NdisStatus.SUCCESS
@@ -148,10 +151,7 @@ def test_v2_not_depth_first():
 
 def test_v2_failed_root_and_linker_status():
     b = ChimneyBench(0, strict=False)
-    b.target.hold = True
-    n, p, t = sample_states()
-    b.host.offload_connection(n, p, t)
-    root = held_root(b)
+    root = held_offload(b)
     blocks = list(iter_blocks(root))
     blocks[0].Status = NdisStatus.FAILURE  # root failed ...
     for blk in blocks[1:]:  # ... but the target kept going
@@ -216,10 +216,7 @@ def test_v4_legal():
 
 def test_v4_indication_before_initiate_complete():
     b = ChimneyBench(0, strict=False)
-    b.target.hold = True
-    n, p, t = sample_states()
-    b.host.offload_connection(n, p, t)
-    root = held_root(b)
+    root = held_offload(b)
     b.target._initiate(root)
     tblock = root.DependentBlockList.DependentBlockList
     b.target.ndis.NdisTcpOffloadReceiveHandler(tblock.NdisOffloadHandle, NET_BUFFER_LIST(b"early"))
@@ -497,10 +494,7 @@ def test_c4_legal():
 
 def test_c4_backlog_change_before_initiate_complete_on_path_and_too_big():
     b = ChimneyBench(0, strict=False)
-    b.target.hold = True
-    n, p, t = sample_states()
-    b.host.offload_connection(n, p, t)
-    root = held_root(b)
+    root = held_offload(b)
     b.target._initiate(root)
     tblock = root.DependentBlockList.DependentBlockList
     b.target.ndis.NdisTcpOffloadEventHandler(
