@@ -63,16 +63,40 @@ from pathlib import Path
 from typing import Any
 
 from ndis.state import TCP_UPLOAD_REASON
+from ndis.status import NdisStatus
+from offload_target.faults import OPERATIONS
 from vnic.faults import FaultSpec, GilbertElliott
+from vnic.verify import RULES
 
 __all__ = [
     "ScenarioError", "Scenario", "RunSpec", "FlowSpec", "PauseSpec", "ScheduleEntry",
     "FaultsSpec", "ExpectSpec", "load_scenario", "parse_scenario", "parse_size",
-    "ACTIONS", "CONDITIONS",
+    "ACTIONS", "CONDITIONS", "TARGET_FAULTS", "LOSS_RULES",
 ]
 
 ACTIONS = ("offload", "terminate", "target_request", "upload_all", "pause_reading",
-           "resume_reading", "cycles")
+           "resume_reading", "cycles", "target_fault")
+# target_fault: fault name -> (scope, parameters).  Scope "target": the fault is armed on the
+# target as a whole (no `conns`); "conns": it is aimed at the connections named by `conns`
+# (required, so a fault never lands on every connection by default).
+TARGET_FAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "delay_completion": ("target", ("op", "seconds", "count")),
+    "never_complete": ("target", ("op", "count")),
+    "release_withheld": ("target", ()),
+    "shrink_capacity": ("target", ("n",)),
+    "auto_send_backlog": ("target", ("enabled",)),
+    "fail_blocks": ("conns", ("status", "ops", "count")),
+    "corrupt_hardware_state": ("conns", ()),
+    "send_backlog": ("conns", ("value",)),
+    "wrong_rcv_nxt": ("conns", ("delta",)),
+    "drop_buffered_data": ("conns", ()),
+    "duplicate_delivery": ("conns", ()),
+}
+FAULT_PARAMS = ("op", "seconds", "count", "status", "ops", "n", "value", "enabled", "delta")
+BLOCK_OPS = ("initiate", "terminate")
+# the verifier rules a lost connection breaks by being lost (excused for `expect.lost`): its
+# state is not returned, its streams stop short, the host's stack answers the peer with RSTs
+LOSS_RULES = ("terminate-returned-state", "stream-complete", "digest-match", "no-rst")
 CONDITIONS = ("data", "peer_zero_window", "app_not_reading")
 MODES = ("tap", "sim", "auto")
 DIRECTIONS = ("up", "down", "both")
@@ -157,6 +181,13 @@ class ScheduleEntry:
     cycles: int = 1
     terminate: str = "mixed"
     conditions: tuple[str, ...] = ("data",)
+    fault: str | None = None  # target_fault: a TARGET_FAULTS name
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # its parameters
+
+    @property
+    def target_wide(self) -> bool:
+        """A target_fault armed on the target as a whole (not per connection)."""
+        return self.fault is not None and TARGET_FAULTS[self.fault][0] == "target"
 
     def describe(self) -> str:
         when = (f"at {self.at:g}s" if self.at is not None else
@@ -166,6 +197,9 @@ class ScheduleEntry:
             extra = f" ({TCP_UPLOAD_REASON(self.reason).name})"
         if self.action == "cycles":
             extra = f" x{self.cycles} ({self.terminate})"
+        if self.action == "target_fault":
+            args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+            extra = f" {self.fault}({args})"
         return f"{self.action}{extra} {when} conns={self.conns}"
 
 
@@ -184,6 +218,9 @@ class FaultsSpec:
 
 @dataclasses.dataclass
 class ExpectSpec:
+    lost: list[int] = dataclasses.field(default_factory=list)  # these end lost, others intact
+    damaged: list[int] = dataclasses.field(default_factory=list)  # data arrives wrong, no reset
+    verify_fails: list[str] = dataclasses.field(default_factory=list)  # rules that must fail
     intact: bool = True
     no_rst: bool = True
     min_handoffs: int = 0
@@ -339,7 +376,7 @@ def parse_scenario(data: dict[str, Any], path: str = "<built-in>",
         raise c.fail("schedule", "must be an array of tables: write [[schedule]]")
     schedule = [_parse_entry(c, e, i, total) for i, e in enumerate(raw_sched)]
     faults = _parse_faults(c, data.get("faults", {}))
-    expect = _parse_expect(c, data.get("expect", {}))
+    expect = _parse_expect(c, data.get("expect", {}), total)
     return Scenario(run, flows, schedule, faults, expect, path)
 
 
@@ -428,7 +465,7 @@ def _parse_reason(c: _Ctx, v: Any, where: str) -> int:
 def _parse_entry(c: _Ctx, d: Any, i: int, total: int) -> ScheduleEntry:
     where = f"schedule[{i}]"
     d = c.table(d, where, {"at", "after_bytes", "action", "conns", "reason", "seconds", "cycles",
-                           "terminate", "conditions"})
+                           "terminate", "conditions", "fault", *FAULT_PARAMS})
     if "action" not in d:
         raise c.fail(f"{where}.action", f"missing (one of {', '.join(ACTIONS)})")
     action = c.choice(d, "action", where, ACTIONS, "offload")
@@ -442,9 +479,18 @@ def _parse_entry(c: _Ctx, d: Any, i: int, total: int) -> ScheduleEntry:
         e.reason = _parse_reason(c, d.get("reason", "UploadRequested"), f"{where}.reason")
     elif "reason" in d:
         raise c.fail(f"{where}.reason", "only `target_request` takes a reason")
+    if action == "target_fault":
+        _parse_target_fault(c, d, where, e)
+        return e
+    if "fault" in d:
+        raise c.fail(f"{where}.fault", "only the `target_fault` action takes a fault")
+    params = [k for k in FAULT_PARAMS if k in d and k != "seconds"]
+    if params:
+        raise c.fail(f"{where}.{params[0]}", "only the `target_fault` action takes this key")
     if "seconds" in d:
         if action != "pause_reading":
-            raise c.fail(f"{where}.seconds", "only `pause_reading` takes seconds")
+            raise c.fail(f"{where}.seconds", "only `pause_reading` and `target_fault` "
+                                             "(delay_completion) take seconds")
         e.seconds = float(c.number(d, "seconds", where, 0.0, lo=0.0))
     cycle_keys = [k for k in ("cycles", "terminate", "conditions") if k in d]
     if cycle_keys and action != "cycles":
@@ -460,6 +506,80 @@ def _parse_entry(c: _Ctx, d: Any, i: int, total: int) -> ScheduleEntry:
                          f"must be a list of {', '.join(CONDITIONS)}, not {conds!r}")
         e.conditions = tuple(conds)
     return e
+
+
+def _parse_target_fault(c: _Ctx, d: dict[str, Any], where: str, e: ScheduleEntry) -> None:
+    """``action = "target_fault"``: the fault name, its parameters (each checked here, so a
+    run never starts with a fault the target would refuse) and whether it takes `conns`."""
+    names = ", ".join(TARGET_FAULTS)
+    if "fault" not in d:
+        raise c.fail(f"{where}.fault", f"missing (one of {names})")
+    fault = d["fault"]
+    if not isinstance(fault, str) or fault not in TARGET_FAULTS:
+        raise c.fail(f"{where}.fault", f"not a target fault: {fault!r} (one of {names})")
+    scope, allowed = TARGET_FAULTS[fault]
+    for k in ("reason", "cycles", "terminate", "conditions", *FAULT_PARAMS):
+        if k in d and k not in allowed:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+            raise c.fail(f"{where}.{k}", f"fault {fault!r} {takes}")
+    if scope == "target" and "conns" in d:
+        raise c.fail(f"{where}.conns", f"fault {fault!r} acts on the target as a whole, "
+                                       "not on connections: remove conns")
+    if scope == "conns" and "conns" not in d:
+        raise c.fail(f"{where}.conns", f"fault {fault!r} needs the connections it is aimed at "
+                                       "(conns = [0] / \"random:k\" / \"all\")")
+    p: dict[str, Any] = {}
+
+    def need(k: str, what: str) -> None:
+        if k not in d:
+            raise c.fail(f"{where}.{k}", f"missing: fault {fault!r} needs {what}")
+
+    if "op" in allowed:
+        need("op", f"the operation ({', '.join(OPERATIONS)})")
+        p["op"] = c.choice(d, "op", where, OPERATIONS, "initiate")
+    if "seconds" in allowed:
+        need("seconds", "how much later the completions are made")
+        p["seconds"] = float(c.number(d, "seconds", where, 0.0, lo=0.0))
+    if "count" in allowed:
+        v = d.get("count", 1)
+        if v == "all":
+            p["count"] = -1
+        elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            p["count"] = v
+        else:
+            raise c.fail(f"{where}.count", f"must be an integer >= 1 or \"all\", not {v!r}")
+    if "status" in allowed:
+        st = d.get("status", "FAILURE")
+        if not isinstance(st, str) or st not in NdisStatus.__members__ or st == "SUCCESS":
+            raise c.fail(f"{where}.status", f"not a failure status: {st!r} (an NdisStatus name "
+                                            "such as FAILURE, RESOURCES, OFFLOAD_TCP_ENTRIES)")
+        p["status"] = st
+    if "ops" in allowed:
+        ops = d.get("ops", ["initiate"])
+        if isinstance(ops, str):
+            ops = [ops]
+        if not isinstance(ops, list) or not ops or any(o not in BLOCK_OPS for o in ops):
+            raise c.fail(f"{where}.ops", f"must be a list of {', '.join(BLOCK_OPS)}, not {ops!r}")
+        if "terminate" in ops and p["status"] != "FAILURE":
+            raise c.fail(f"{where}.status", "a terminate block can only fail with FAILURE "
+                                            f"(f.2), not {p['status']}")
+        p["ops"] = sorted(set(ops), key=BLOCK_OPS.index)
+    if "n" in allowed:
+        need("n", "the new offload capacity")
+        p["n"] = c.number(d, "n", where, 0, lo=0, integer=True)
+    if "value" in allowed:
+        need("value", "the SendBacklogSize to indicate (bytes)")
+        p["value"] = c.number(d, "value", where, 0, lo=0, hi=0xFFFFFFFF, integer=True)
+    if "enabled" in allowed:
+        need("enabled", "true or false")
+        p["enabled"] = c.typed(d, "enabled", where, (bool,), True)
+    if "delta" in allowed:
+        need("delta", "how far off the returned RcvNxt is (bytes, not 0)")
+        delta = c.typed(d, "delta", where, (int,), 0)
+        if delta == 0 or not -(1 << 31) < delta < (1 << 31):
+            raise c.fail(f"{where}.delta", f"must be a non-zero integer within +-2**31, not {delta}")
+        p["delta"] = delta
+    e.fault, e.params = fault, p
 
 
 def _parse_faults(c: _Ctx, d: Any) -> FaultsSpec:
@@ -509,12 +629,39 @@ def _fault_spec(c: _Ctx, d: dict[str, Any], where: str) -> FaultSpec:
         raise c.fail(where, str(exc)) from None
 
 
-def _parse_expect(c: _Ctx, d: Any) -> ExpectSpec:
+def _parse_expect(c: _Ctx, d: Any, total: int) -> ExpectSpec:
     d = c.table(d, "expect", {f.name for f in dataclasses.fields(ExpectSpec)})
     e = ExpectSpec()
     for f in dataclasses.fields(ExpectSpec):
-        if f.name == "min_handoffs":
+        if f.name in ("lost", "damaged"):
+            if f.name in d:
+                setattr(e, f.name, sorted(set(_conn_list(c, d[f.name], f.name, total))))
+        elif f.name == "verify_fails":
+            rules = d.get("verify_fails", [])
+            if isinstance(rules, str):
+                rules = [rules]
+            if not isinstance(rules, list) or any(r not in RULES for r in rules):
+                raise c.fail("expect.verify_fails", f"must be a list of verifier rules "
+                                                    f"({', '.join(RULES)}), not {rules!r}")
+            e.verify_fails = list(dict.fromkeys(rules))
+        elif f.name == "min_handoffs":
             e.min_handoffs = c.number(d, "min_handoffs", "expect", 0, lo=0, integer=True)
         else:
             setattr(e, f.name, c.typed(d, f.name, "expect", (bool,), getattr(e, f.name)))
+    both = sorted(set(e.lost) & set(e.damaged))
+    if both:
+        raise c.fail("expect.damaged", f"connection {both[0]} is also in expect.lost (lost: ends "
+                                       "with a reset; damaged: wrong data, no reset)")
+    if e.verify_fails and not e.verify:
+        raise c.fail("expect.verify_fails", "expects the verifier to fail, but verify = false "
+                                            "turns the verifier's check off")
     return e
+
+
+def _conn_list(c: _Ctx, v: Any, key: str, total: int) -> list[int]:
+    if isinstance(v, list) and not v:
+        return []
+    conns = _parse_conns(c, v, f"expect.{key}", total)
+    if not isinstance(conns, list):
+        raise c.fail(f"expect.{key}", f"must be a list of connection indices, not {v!r}")
+    return conns
