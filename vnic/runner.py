@@ -286,6 +286,8 @@ class Controller:
         self.target_faults: list[dict[str, Any]] = []  # target_fault entries as applied
         self.fault_log: list[dict[str, Any]] = []  # TargetFaults.log entries, timed
         self._fault_log_seen = 0
+        # chimney handoff events not yet replayed by _update_phases, by connection key
+        self._seen_states: dict[Any, list[tuple[float, OffloadState]]] = {}
 
     # -- time ------------------------------------------------------------------------------------
     def rel(self, t: float) -> float:
@@ -339,35 +341,58 @@ class Controller:
                  f"conn{conn.index}" if conn else "-", kind, text)
 
     # -- offload states ------------------------------------------------------------------------
+    _PHASE_OF_EVENT = {"offload-start": OffloadState.OFFLOADING,
+                       "offload-complete": OffloadState.OFFLOADED,
+                       "offload-failed": OffloadState.IN_HOST,
+                       "terminate-start": OffloadState.UPLOADING,
+                       "terminate-complete": OffloadState.IN_HOST}
+
+    def watch_handoffs(self) -> None:
+        """Follow the chimney's handoff events, so that a connection going through several
+        states between two passes (an initiate failing at once; a late initiate completion
+        followed by the target's upload request) is seen in every one of them."""
+        def observe(event: str, info: dict[str, Any]) -> None:
+            st = self._PHASE_OF_EVENT.get(event)
+            if st is not None:
+                self._seen_states.setdefault(info.get("key"), []).append((self.clock(), st))
+
+        self.oh.chimney.observers.append(observe)
+
     def _update_phases(self, now: float) -> None:
+        seen = self._seen_states
         for c in self.conns:
             if c.sock is None:
                 continue
-            st = c.sock.offload_state
-            if st is c.phase:
-                continue
-            old = c.phase
-            if c.intervals and c.intervals[-1][2] is None:
-                s, t, _ = c.intervals[-1]
-                c.intervals[-1] = (s, t, self.rel(now))
-            if st is not OffloadState.IN_HOST:
-                c.intervals.append((str(st), self.rel(now), None))
-            c.phase, c.phase_since = st, now
-            if st is OffloadState.OFFLOADED or (old is OffloadState.IN_HOST
-                                                and st is OffloadState.UPLOADING):
-                c.offloads += 1
-                self._handoff(now, c, "offloaded", "host")
-            if st is OffloadState.IN_HOST and old in (OffloadState.UPLOADING, OffloadState.OFFLOADED):
-                if old is OffloadState.OFFLOADED:
-                    c.upload_cause = c.upload_cause or "target"
-                c.uploads += 1
-                self._handoff(now, c, "uploaded", c.upload_cause or "target")
-                c.upload_cause = None
-            elif st is OffloadState.IN_HOST and old is OffloadState.OFFLOADING:
-                c.offload_failures += 1
-                self.note(now, c, "offload_failed")
-            elif st is OffloadState.UPLOADING and c.upload_cause is None:
-                c.upload_cause = "target"  # asked by the target on its own (e.g. TIME_WAIT)
+            if seen:
+                for t, st in seen.pop(c.sock.key, ()):
+                    self._phase_change(t, c, st)
+            self._phase_change(now, c, c.sock.offload_state)
+
+    def _phase_change(self, now: float, c: ConnRun, st: OffloadState) -> None:
+        if st is c.phase:
+            return
+        old = c.phase
+        if c.intervals and c.intervals[-1][2] is None:
+            s, t, _ = c.intervals[-1]
+            c.intervals[-1] = (s, t, self.rel(now))
+        if st is not OffloadState.IN_HOST:
+            c.intervals.append((str(st), self.rel(now), None))
+        c.phase, c.phase_since = st, now
+        if st is OffloadState.OFFLOADED or (old is OffloadState.IN_HOST
+                                            and st is OffloadState.UPLOADING):
+            c.offloads += 1
+            self._handoff(now, c, "offloaded", "host")
+        if st is OffloadState.IN_HOST and old in (OffloadState.UPLOADING, OffloadState.OFFLOADED):
+            if old is OffloadState.OFFLOADED:
+                c.upload_cause = c.upload_cause or "target"
+            c.uploads += 1
+            self._handoff(now, c, "uploaded", c.upload_cause or "target")
+            c.upload_cause = None
+        elif st is OffloadState.IN_HOST and old is OffloadState.OFFLOADING:
+            c.offload_failures += 1
+            self.note(now, c, "offload_failed")
+        elif st is OffloadState.UPLOADING and c.upload_cause is None:
+            c.upload_cause = "target"  # asked by the target on its own (e.g. TIME_WAIT)
 
     def _handoff(self, now: float, c: ConnRun, kind: str, cause: str) -> None:
         h = {"t": self.rel(now), "kind": kind, "cause": cause}
@@ -1080,6 +1105,7 @@ def _run_sim(scn: Scenario, opts: RunOptions, seed: int, paths: dict[str, str],
     ctl = Controller(scn, oh, conns, seed, wire.clock.now, virtual=True, say=say, live=opts.live,
                      live_interval=opts.live_interval)
     ctl.sampler = sampler
+    ctl.watch_handoffs()
     ctl.install_fault_gates(faults)
     wire.deadline_sources.append(ctl.next_deadline)
     _start_host_side(oh.stack, scn, conns, peer_ip)
@@ -1157,6 +1183,7 @@ def _run_tap(scn: Scenario, opts: RunOptions, seed: int, paths: dict[str, str],
             ctl = Controller(scn, oh, conns, seed, clock.now, virtual=False, say=say,
                              live=opts.live, live_interval=opts.live_interval)
             ctl.sampler = sampler
+            ctl.watch_handoffs()
             ctl.install_fault_gates(faults)
             loop.deadline_sources.append(ctl.next_deadline)
             _start_host_side(oh.stack, scn, conns, lab.peer_ip_bytes)

@@ -312,7 +312,10 @@ class _Ctx:
         if v is None:
             return None
         if v < lo or (hi is not None and v > hi):
-            rng = f">= {lo:g}" if hi is None else f"within {lo:g}..{hi:g}"
+            def fmt(x: float) -> str:
+                return f"{x:g}" if isinstance(x, float) else str(x)
+
+            rng = f">= {fmt(lo)}" if hi is None else f"within {fmt(lo)}..{fmt(hi)}"
             raise self.fail(f"{where}.{key}", f"must be {rng}, not {v!r}")
         return v
 
