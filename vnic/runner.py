@@ -1568,6 +1568,10 @@ def render_report(rep: dict[str, Any]) -> str:
         lines.append(f"  conn {c['index']:3d} :{port:<5d} {'; '.join(parts)}; "
                      f"offloads {c['offloads']} uploads {c['uploads']} RSTs {c['rsts']}"
                      + (f"  error: {c['error']}" if c["error"] else ""))
+    for f in rep.get("target_faults") or []:
+        args = " ".join(f"{k}={v}" for k, v in f.items() if k not in ("t", "entry", "fault", "conn"))
+        who = f"conn {f['conn']}" if f["conn"] is not None else "target"
+        lines.append(f"  fault t={f['t']:.4f}s {who}: {f['fault']} {args}".rstrip())
     for e in rep["expectations"]:
         mark = {True: "ok  ", False: "FAIL", None: "n/a "}[e["ok"]]
         lines.append(f"  [{mark}] {e['name']}: {e['detail']}")

@@ -31,7 +31,14 @@ carry ``seconds``), ``cycles`` (``cycles = n`` offload/terminate pairs per conne
 byte points; ``terminate = "host" | "target" | "mixed"``; ``conditions`` a list of ``"data"``,
 ``"peer_zero_window"``, ``"app_not_reading"``: the state handoffs are aimed at; with
 ``peer_zero_window`` the next step is also made as soon as the peer's window closes, up to two
-per zero-window episode).
+per zero-window episode), ``target_fault`` (``fault`` = one of :data:`TARGET_FAULTS`, the
+hooks of :class:`offload_target.faults.TargetFaults`, with its parameters).  Target-wide
+faults (delay_completion ``op seconds [count]``, never_complete ``op [count]``,
+release_withheld, shrink_capacity ``n``, auto_send_backlog ``enabled``) take no ``conns`` and
+go by total bytes like ``upload_all``; connection faults (fail_blocks ``[status] [ops]
+[count]``, corrupt_hardware_state, send_backlog ``value``, wrong_rcv_nxt ``delta``,
+drop_buffered_data, duplicate_delivery) need ``conns`` and, except fail_blocks, wait until the
+target holds the connection.
 
 ::
 
@@ -49,6 +56,10 @@ per zero-window episode).
     verify = true                 # the capture verifier (vnic.verify) passes
     conformance = true            # the NDIS conformance checker saw no broken rule
     kernel_view = false           # TAP: the peer-namespace capture (tshark) agrees
+    lost = [1]                    # these end lost (error + not intact); intact / no_rst / the
+                                  # verifier's loss rules are not asked of them
+    damaged = [2]                 # these arrive wrong without an error (oracle faults)
+    verify_fails = ["resume-at-rcvnxt"]   # the verifier must report each of these rules
 
 Every mistake is a :class:`ScenarioError` whose message names the file and the key.
 """
