@@ -493,6 +493,8 @@ class Controller:
                     continue
                 if e.action == "target_fault":
                     r = self._target_fault(now, c, e)
+                    if r == "skip":  # finished before the target held it: say so
+                        self.note(now, c, "target_fault_skipped", str(e.fault))
                 else:
                     r = self.apply(now, c, e.action, e.reason, e.seconds)
                 if r == "wait" and not c.done:
