@@ -564,7 +564,9 @@ def _parse_target_fault(c: _Ctx, d: dict[str, Any], where: str, e: ScheduleEntry
             raise c.fail(f"{where}.count", f"must be an integer >= 1 or \"all\", not {v!r}")
     if "status" in allowed:
         st = d.get("status", "FAILURE")
-        if not isinstance(st, str) or st not in NdisStatus.__members__ or st == "SUCCESS":
+        # an error status (severity bits 11): success and informational codes are no failure
+        if (not isinstance(st, str) or st not in NdisStatus.__members__
+                or int(NdisStatus[st]) < 0xC0000000):
             raise c.fail(f"{where}.status", f"not a failure status: {st!r} (an NdisStatus name "
                                             "such as FAILURE, RESOURCES, OFFLOAD_TCP_ENTRIES)")
         p["status"] = st

@@ -50,6 +50,8 @@ BAD = [
      "schedule[0].enabled: must be true or false"),
     (FLOW2 + TF + "fault = 'fail_blocks'\nconns = [0]\nstatus = 'OOPS'\n",
      "schedule[0].status: not a failure status: 'OOPS'"),
+    (FLOW2 + TF + "fault = 'fail_blocks'\nconns = [0]\nstatus = 'PENDING'\n",
+     "schedule[0].status: not a failure status: 'PENDING'"),
     (FLOW2 + TF + "fault = 'fail_blocks'\nconns = [0]\nops = ['query']\n",
      "schedule[0].ops: must be a list of initiate, terminate"),
     (FLOW2 + TF + "fault = 'fail_blocks'\nconns = [0]\nops = 'terminate'\nstatus = 'RESOURCES'\n",
@@ -242,6 +244,17 @@ def test_an_expected_loss_that_does_not_happen_fails_the_run(tmp_path: Path) -> 
     assert not rep["ok"]
     e = expectation(rep, "lost")
     assert e["ok"] is False and "connections [1]" in e["detail"] and "intact" in e["detail"]
+
+
+@needs_datapath
+def test_a_connection_fault_on_a_connection_never_offloaded_is_skipped(tmp_path: Path) -> None:
+    """The fault waits for the target to hold the connection; it never does here, so the
+    fault is skipped (and said so), and the loss stated in [expect] does not happen."""
+    rep = run(tmp_path, TF + "fault = 'corrupt_hardware_state'\nconns = [0]\n"
+              "[expect]\nlost = [0]\n", count=2, verify=False)
+    assert not rep["ok"] and expectation(rep, "lost")["ok"] is False
+    assert [e["conn"] for e in events(rep, "target_fault_skipped")] == [0]
+    assert rep["target_faults"] == [] and rep["target_fault_log"] == []
 
 
 @needs_datapath
