@@ -105,6 +105,11 @@ class TargetFaults:
         self._rules.clear()
         self._block_rules.clear()
 
+    @property
+    def withholding(self) -> bool:
+        """Whether a never_complete rule is still armed (a completion will be withheld)."""
+        return any(r.kind == "never" and r.remaining != 0 for r in self._rules)
+
     def release_withheld(self) -> int:
         """Make the withheld completions now; returns how many."""
         items, self.withheld = self.withheld, []

@@ -469,8 +469,10 @@ class Controller:
                 if not due:
                     keep.append((e, targets))
                 elif e.target_wide:
-                    self._target_fault(now, None, e)
-                    self.entries_done.append(e.index)
+                    if self._target_fault(now, None, e) == "wait":
+                        keep.append((e, targets))
+                    else:
+                        self.entries_done.append(e.index)
                 elif self.upload_all_active:
                     keep.append((e, targets))  # one UPLOAD_ALL at a time
                 else:
@@ -508,7 +510,8 @@ class Controller:
     # -- target faults (offload_target.faults.TargetFaults) ----------------------------------------
     def _target_fault(self, now: float, c: ConnRun | None, e: ScheduleEntry) -> str:
         """Arm fault ``e.fault`` on the target (``c`` None) or for connection ``c``: "done",
-        "wait" (the target does not hold the connection yet) or "skip" (it finished).
+        "wait" (the target does not hold the connection yet; for release_withheld: nothing is
+        withheld yet while a never_complete is armed) or "skip" (it finished).
 
         A connection fault other than fail_blocks acts on the target's copy of the
         connection, so it waits until the target holds it (Offloading with the initiate
@@ -523,6 +526,11 @@ class Controller:
             elif fault == "never_complete":
                 faults.never_complete(p["op"], p["count"])
             elif fault == "release_withheld":
+                if not faults.withheld and faults.withholding:
+                    # nothing withheld yet, but an armed never_complete will hold one: the
+                    # release waits for it (as a connection action waits until the
+                    # connection is ready), whatever order the byte counts reached
+                    return "wait"
                 p = {"released": faults.release_withheld()}
             elif fault == "shrink_capacity":
                 faults.shrink_capacity(p["n"])

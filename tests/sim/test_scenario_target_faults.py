@@ -186,6 +186,18 @@ def test_never_complete_holds_the_upload_until_released(tmp_path: Path) -> None:
 
 
 @needs_datapath
+def test_a_release_due_before_anything_is_withheld_waits_for_it(tmp_path: Path) -> None:
+    """The release is due at once (no condition), the terminate whose completion is withheld
+    comes later: the release waits while the never_complete is armed (over TAP the byte counts
+    of different connections reach their triggers in any order)."""
+    rep = run(tmp_path, NEVER_TERMINATE + TF + "fault = 'release_withheld'\n", verify=False)
+    assert rep["ok"], rep["expectations"]
+    release = next(f for f in rep["target_faults"] if f["fault"] == "release_withheld")
+    assert release["released"] == 1
+    assert release["t"] >= events(rep, "terminate_requested", 0)[0]["t"]
+
+
+@needs_datapath
 def test_a_withheld_completion_never_released_fails_the_run(tmp_path: Path) -> None:
     rep = run(tmp_path, NEVER_TERMINATE, timeout=1.0, verify=False)
     assert not rep["ok"] and rep["exit_status"] == 1
