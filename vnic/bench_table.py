@@ -11,8 +11,9 @@ Method: keys are n distinct 4-tuples (one local address and port, many peers).  
 key order; lookups and removes in one shuffled order (seeded), the same for both tables.
 lookup_frame classifies prebuilt Ethernet/IPv4/TCP frames (a sample of up to 250,000 keys)
 one call per frame; lookup_frames classifies the same frames in bursts of 64 per call.
-Lookup keys and removal handles are fresh objects laid out in the order they are used, so
-the Python-side cost is the same for both tables; "(lookup, empty)" is that cost alone (the
+Lookup keys are fresh objects laid out in the order they are used, made once and given to
+both tables (removal handles likewise, per table), so the Python-side cost is the same for
+both tables; "(lookup, empty)" is that cost alone (the
 same loop against an empty table).
 The garbage collector is off while a loop is timed, so the figures are the tables' own.
 Each rate is the best of three rounds (a new table each round), which filters out
@@ -111,17 +112,25 @@ def _timed(ops: int, loop: Callable[..., None], *args: Any) -> float:
     return ops / elapsed if elapsed > 0 else float("inf")
 
 
+def lookup_arguments(keys: list[Key], order: list[int]) -> list[Key]:
+    """The lookup loop's arguments: fresh key objects laid out in the order they are used (as
+    a parser would make them), so the loops measure the table, not cache misses on scattered
+    key objects.  Made once, before either table is built, and given to both: made later, on a
+    heap the first implementation's run left fragmented, they would be scattered for the
+    second one only (that cost the C table ~50 ns per lookup, as much as its probing).
+    (bytes(b) would return b itself: copy through a bytearray; x + 1 - 1 makes a new int.)"""
+    return [(bytes(bytearray(keys[i][0])), keys[i][1] + 1 - 1,
+             bytes(bytearray(keys[i][2])), keys[i][3] + 1 - 1) for i in order]
+
+
 def bench_impl(table_type: type, keys: list[Key], order: list[int], frames: list[bytes],
-               rounds: int = ROUNDS) -> dict[str, Any]:
+               rounds: int = ROUNDS, shuffled: list[Key] | None = None) -> dict[str, Any]:
     """Rates of one implementation (best of ``rounds`` fill/lookup/empty cycles, each on a
-    new table) and its memory figures for this many connections (first round)."""
+    new table) and its memory figures for this many connections (first round).
+    ``shuffled``: :func:`lookup_arguments` of ``keys`` and ``order`` (made here if not given)."""
     n = len(keys)
-    # Lookup keys and removal handles are fresh objects laid out in the order they are used
-    # (as a parser would make them), so the loops measure the table, not cache misses on
-    # scattered key objects.
-    # (bytes(b) would return b itself: copy through a bytearray; x + 1 - 1 makes a new int.)
-    shuffled = [(bytes(bytearray(keys[i][0])), keys[i][1] + 1 - 1,
-                 bytes(bytearray(keys[i][2])), keys[i][3] + 1 - 1) for i in order]
+    if shuffled is None:
+        shuffled = lookup_arguments(keys, order)
     bursts = [frames[i:i + BURST] for i in range(0, len(frames), BURST)]
     best: dict[str, float] = {}
     memory = rss_delta = 0
@@ -187,6 +196,7 @@ def run_table_bench(n_connections: int = MEMORY_CONNECTIONS,
     random.Random(1).shuffle(order)
     step = max(1, n_connections // FRAME_SAMPLE)
     frames = [make_frame(keys[i]) for i in order[::step][:FRAME_SAMPLE]]
+    shuffled = lookup_arguments(keys, order)   # the same objects for both implementations
 
     say(f"Python twin: {n_connections:,} connections, best of {ROUNDS} rounds")
     report: dict[str, Any] = {
@@ -194,14 +204,14 @@ def run_table_bench(n_connections: int = MEMORY_CONNECTIONS,
         "frames_classified": len(frames),
         "burst": BURST,
         "c": None,
-        "python": bench_impl(pytable.ConnectionTable, keys, order, frames),
+        "python": bench_impl(pytable.ConnectionTable, keys, order, frames, shuffled=shuffled),
         "ratio": None,
         "memory": None,
         "goals": None,
     }
     if _ctable is not None:
         say(f"C table: {n_connections:,} connections, best of {ROUNDS} rounds")
-        report["c"] = bench_impl(_ctable.ConnectionTable, keys, order, frames)
+        report["c"] = bench_impl(_ctable.ConnectionTable, keys, order, frames, shuffled=shuffled)
         report["ratio"] = {op: report["c"][f"{op}_per_s"] / report["python"][f"{op}_per_s"]
                            for op in OPERATIONS}
         if n_connections == memory_connections:
@@ -211,7 +221,7 @@ def run_table_bench(n_connections: int = MEMORY_CONNECTIONS,
                    "total_mib": c["memory_bytes_per_connection"] * n_connections / 2**20}
         else:
             say(f"C table memory at {memory_connections:,} connections")
-            del keys, frames
+            del keys, frames, shuffled
             mem = c_memory_at(memory_connections)
         report["memory"] = {
             "connections": memory_connections,
@@ -232,6 +242,10 @@ def run_table_bench(n_connections: int = MEMORY_CONNECTIONS,
             # for one Python call per lookup, however fast the C probing is.
             "lookup_call_ceiling": (report["c"]["lookup_empty_table_per_s"]
                                     / report["python"]["lookup_per_s"]),
+            # What the C lookup spends beyond that: hashing and probing the index (one bucket
+            # read; a cache miss once the index outgrows the caches) and the result object.
+            "lookup_probe_ns": 1e9 * (1 / report["c"]["lookup_per_s"]
+                                      - 1 / report["c"]["lookup_empty_table_per_s"]),
             "bytes_per_connection_max": MEMORY_GOAL_BYTES,
             "memory_met": mem["memory_bytes_per_connection"] <= MEMORY_GOAL_BYTES,
         }
@@ -272,7 +286,8 @@ def render(r: dict[str, Any]) -> str:
         f"(lookup_frame {ratio['lookup_frame']:.1f}x, lookup_frames {ratio['lookup_frames']:.1f}x); "
         f"per-call lookup {'met' if g['lookup_ratio_met'] else 'NOT met'} "
         f"({ratio['lookup']:.1f}x; ceiling for one Python call per lookup in this run: "
-        f"{g['lookup_call_ceiling']:.1f}x = C empty-table rate / twin lookup rate)")
+        f"{g['lookup_call_ceiling']:.1f}x = C empty-table rate / twin lookup rate; "
+        f"beyond the call, each C lookup took {g['lookup_probe_ns']:.0f} ns: the index read)")
     lines.append(
         f"         <= {g['bytes_per_connection_max']} B/connection: "
         f"{'met' if g['memory_met'] else 'NOT met'}")
