@@ -16,12 +16,15 @@
  *         #   EINTR retried, any other error: counted per errno and the frame dropped)
  *
  *     class RxRing:                                  # device -> host
- *         def __init__(self, fd, capacity_bytes=4 MiB, max_frame=65546, *, priority=0): ...
+ *         def __init__(self, fd, capacity_bytes=4 MiB, max_frame=65546, *, priority=0,
+ *                      vnet_header=False): ...
  *         def take(self, max_frames=64) -> list[bytes]:   # oldest first, never blocks
+ *             # vnet_header: frames without their virtio-net header, checksums completed
  *         def fileno(self) -> int:                   # eventfd: readable while not empty
  *         def close(self): ...; def stats(self) -> dict: ...
  *         # reader thread: while room for max_frame: read(fd) into the ring (poll(POLLIN)
- *         #   when nothing is waiting); when the ring is full it waits for take()
+ *         #   when nothing is waiting); when the ring is full it waits for take();
+ *         #   vnet_header: completes the checksums the header asks for, in the ring
  *
  * A frame in either ring is one entry: a 4-byte length (native order) then the frame's
  * bytes.  Entries wrap around the end of the buffer byte by byte (no padding, no wrap
@@ -1055,6 +1058,7 @@ typedef struct {
     PyObject_HEAD
     tio_core core;
     uint64_t max_frame;
+    int vnet_header;        /* frames start with a virtio-net header: completed, then dropped */
     int evfd;               /* readable while the ring holds a frame */
     /* under mu */
     int armed;              /* evfd holds a count */
@@ -1095,6 +1099,110 @@ rx_poll(tio_core *c, int fd_too, int timeout_ms)
     struct pollfd p[2] = {{c->stopfd, POLLIN, 0}, {c->fd, POLLIN, 0}};
     int r = poll(p, fd_too ? 2 : 1, timeout_ms);
     return r > 0 && p[0].revents != 0;
+}
+
+/* ------------------------------------------------ virtio-net checksums ---- */
+
+/* With vnet_header=1 the reader thread finishes what a TAP opened with IFF_VNET_HDR and
+ * TUNSETOFFLOAD leaves undone -- exactly vnic.vnet.complete_inbound, in C and off the run
+ * loop's thread: a frame flagged VIRTIO_NET_HDR_F_NEEDS_CSUM gets its TCP (or UDP) checksum,
+ * which the kernel left as the pseudo-header sum (struct virtio_net_hdr: the sum of
+ * [csum_start, end) goes at csum_start + csum_offset); a GSO super-segment's IPv4 header gets a
+ * valid header checksum.  take() then returns the frames without the header. */
+#define VNET_HDR_LEN 10u
+#define VNET_F_NEEDS_CSUM 0x01u
+#define VNET_GSO_NONE 0u
+#define ETH_LEN 14u
+
+/* RFC 1071 sum of n bytes at p: 16-bit words in memory order (the folded result, stored in
+ * memory order, is the network-order sum), eight bytes per step, an odd last byte padded as
+ * the first byte of a word. */
+static uint32_t
+sum16(const unsigned char *p, size_t n)
+{
+    uint64_t acc = 0;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        acc += (w & 0xFFFFFFFFu) + (w >> 32);
+        p += 8;
+        n -= 8;
+    }
+    while (n >= 2) {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        acc += h;
+        p += 2;
+        n -= 2;
+    }
+    if (n) {
+        const unsigned char last[2] = {p[0], 0};
+        uint16_t h;
+        memcpy(&h, last, 2);
+        acc += h;
+    }
+    while (acc >> 16) {
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    }
+    return (uint32_t)acc;
+}
+
+/* The sum of the n ring bytes at pos, which may wrap: the second piece starts at an odd offset
+ * of the range when the first is odd-sized, so its sum is byte-swapped (RFC 1071 2(B)). */
+static uint16_t
+ring_sum16(const tio_ring *r, uint64_t pos, size_t n)
+{
+    struct iovec iov[2];
+    int k = ring_iov(r, pos, n, iov);
+    uint32_t sum = sum16(iov[0].iov_base, iov[0].iov_len);
+    if (k == 2) {
+        uint32_t second = sum16(iov[1].iov_base, iov[1].iov_len);
+        if (iov[0].iov_len & 1) {
+            second = ((second & 0xFF) << 8) | (second >> 8);
+        }
+        sum += second;
+    }
+    while (sum >> 16) {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    return (uint16_t)sum;
+}
+
+/* Complete the checksums of the n-byte entry (header + frame) at ring position pos. */
+static void
+vnet_complete(const tio_ring *r, uint64_t pos, size_t n)
+{
+    unsigned char hdr[VNET_HDR_LEN];
+    uint16_t csum_start, csum_offset;
+    if (n < VNET_HDR_LEN) {
+        return;
+    }
+    ring_get(r, pos, hdr, VNET_HDR_LEN);
+    const unsigned flags = hdr[0], gso_type = hdr[1];
+    memcpy(&csum_start, hdr + 6, 2);    /* native order, like the rest of the header */
+    memcpy(&csum_offset, hdr + 8, 2);
+    const uint64_t frame = pos + VNET_HDR_LEN;
+    const size_t len = n - VNET_HDR_LEN;
+    if (gso_type != VNET_GSO_NONE && len >= ETH_LEN + 20) {
+        unsigned char ip[60];
+        ring_get(r, frame + 12, ip, 2);
+        if (ip[0] == 0x08 && ip[1] == 0x00) {
+            ring_get(r, frame + ETH_LEN, ip, 1);
+            size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+            if (ihl >= 20 && ETH_LEN + ihl <= len) {
+                /* a super-segment's IPv4 header describes all of it: make its checksum valid */
+                ring_get(r, frame + ETH_LEN, ip, ihl);
+                ip[10] = ip[11] = 0;
+                uint16_t c = (uint16_t)~sum16(ip, ihl);
+                ring_put(r, frame + ETH_LEN + 10, &c, 2);
+            }
+        }
+    }
+    if ((flags & VNET_F_NEEDS_CSUM) && (size_t)csum_start + csum_offset + 2 <= len) {
+        /* the field holds the pseudo-header sum; the checksum covers csum_start .. end */
+        uint16_t c = (uint16_t)~ring_sum16(r, frame + csum_start, len - csum_start);
+        ring_put(r, frame + csum_start + csum_offset, &c, 2);
+    }
 }
 
 static void *
@@ -1159,6 +1267,9 @@ rx_main(void *arg)
         }
         uint32_t len = (uint32_t)n;
         ring_put(&c->ring, tail, &len, TIO_HDR);
+        if (self->vnet_header) {
+            vnet_complete(&c->ring, tail + TIO_HDR, (size_t)n);
+        }
         pthread_mutex_lock(&c->mu);
         c->ring.tail = tail + TIO_HDR + (uint64_t)n;
         c->ring.nframes++;
@@ -1174,13 +1285,14 @@ out:
 static PyObject *
 rxring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "capacity_bytes", "max_frame", "priority", NULL};
+    static char *kwlist[] = {"fd", "capacity_bytes", "max_frame", "priority", "vnet_header",
+                             NULL};
     PyObject *fd_obj, *cap_obj = NULL, *max_obj = NULL;
     uint64_t cap = TIO_DEFAULT_CAPACITY, max_frame = TIO_DEFAULT_MAX_FRAME;
-    int fd, priority = 0;
+    int fd, priority = 0, vnet_header = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$i:RxRing", kwlist, &fd_obj, &cap_obj,
-                                     &max_obj, &priority)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$ip:RxRing", kwlist, &fd_obj, &cap_obj,
+                                     &max_obj, &priority, &vnet_header)) {
         return NULL;
     }
     if (check_priority(priority) < 0) {
@@ -1210,6 +1322,7 @@ rxring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->core.priority = priority;
     self->evfd = -1;
     self->max_frame = max_frame;
+    self->vnet_header = vnet_header;
     if (core_init(&self->core, fd, cap) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -1285,11 +1398,13 @@ rxring_take(RxRing *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t k = 0;
     while (pos != tail && k < max_frames) {
         uint32_t len = ring_len_at(&c->ring, pos);
-        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        /* with vnet_header: the frame after its (completed) virtio-net header */
+        uint32_t skip = self->vnet_header ? (len < VNET_HDR_LEN ? len : VNET_HDR_LEN) : 0;
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(len - skip));
         if (b == NULL) {
             goto error;
         }
-        ring_get(&c->ring, pos + TIO_HDR, PyBytes_AS_STRING(b), len);
+        ring_get(&c->ring, pos + TIO_HDR + skip, PyBytes_AS_STRING(b), len - skip);
         if (PyList_Append(list, b) < 0) {
             Py_DECREF(b);
             goto error;
@@ -1424,10 +1539,13 @@ static PyGetSetDef rxring_getset[] = {
 };
 
 PyDoc_STRVAR(rxring_doc,
-"RxRing(fd, capacity_bytes=4194304, max_frame=65546)\n--\n\n"
+"RxRing(fd, capacity_bytes=4194304, max_frame=65546, *, priority=0, vnet_header=False)\n--\n\n"
 "Receive ring: a reader thread read(2)s frames from the non-blocking fd (a TAP) into a\n"
 "byte ring while it has room for max_frame bytes (longer frames are truncated by read);\n"
 "take() returns them.  The fd is not owned: close the ring first.\n"
+"vnet_header=True: each read starts with a virtio-net header (a TAP with IFF_VNET_HDR);\n"
+"the reader thread completes the checksums it asks for (as vnic.vnet.complete_inbound)\n"
+"and take() returns the frames without the header.\n"
 "priority > 0: the thread runs SCHED_FIFO at that priority when the process may\n"
 "(stats()['realtime'] says whether it does; otherwise normal scheduling).");
 

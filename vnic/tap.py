@@ -28,7 +28,9 @@ Two ways to move the frames:
 Both apply to every frame the device moves (host stack and offloaded data path alike) and
 both work with the virtio-net header mode (``offload=True``): with rings, each TX entry is
 built from :func:`vnic.vnet.outbound_parts` (header + frame pieces, copied into the ring by
-the C side) and :func:`vnic.vnet.complete_inbound` runs on what the RX ring returns.
+the C side), and the RX ring's reader thread does what :func:`vnic.vnet.complete_inbound`
+does (completes the checksums the header asks for, in C) before ``take`` returns the frames
+without their headers; the direct mode calls ``complete_inbound`` itself.
 """
 
 from __future__ import annotations
@@ -180,7 +182,10 @@ class TapDevice:
         if rings:
             try:
                 self._tx = _tapio.TxRing(fd, RING_BYTES, priority=default_tx_priority())
-                self._rx = _tapio.RxRing(fd, RING_BYTES, self.read_size)
+                # with offload the reader thread completes the virtio-net checksums (as
+                # vnet.complete_inbound) and take() drops the header: off the run loop's thread
+                self._rx = _tapio.RxRing(fd, RING_BYTES, self.read_size,
+                                         vnet_header=self.offload)
             except BaseException:
                 self.close()
                 raise
@@ -225,12 +230,8 @@ class TapDevice:
         """Every frame waiting on the descriptor (up to ``max_frames``); ``[]`` when none."""
         rx = self._rx
         if rx is not None:
-            frames = rx.take(max_frames)
+            frames = rx.take(max_frames)   # with offload: completed already (vnet_header)
             if frames:
-                if self.offload:
-                    complete = vnet.complete_inbound
-                    hl = vnet.VNET_HDR_LEN
-                    frames = [complete(raw[:hl], memoryview(raw)[hl:]) for raw in frames]
                 self.frames_read += len(frames)
                 self.bytes_read += sum(map(len, frames))
             return frames
