@@ -36,7 +36,8 @@ setup(
         Extension(
             "offload_target._ctable",
             sources=["offload_target/_ctable.c", "offload_target/_datapath.c"],
-            depends=["offload_target/_ctable.h"],
+            depends=["offload_target/_ctable.h", "include/vnic_inet_sum.h"],
+            include_dirs=["include"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
             undef_macros=UNDEF,
@@ -45,6 +46,8 @@ setup(
             # the TAP's TX/RX rings served by C threads (vnic/tap.py, docs/internals.md)
             "vnic._tapio",
             sources=["vnic/_tapio.c"],
+            depends=["include/vnic_inet_sum.h"],
+            include_dirs=["include"],
             extra_compile_args=CFLAGS + ["-pthread"],
             extra_link_args=LDFLAGS + ["-pthread"],
             undef_macros=UNDEF,

@@ -69,6 +69,7 @@
  */
 
 #include "_ctable.h"
+#include "vnic_inet_sum.h"
 
 /* ------------------------------------------------------------- constants ---- */
 
@@ -244,44 +245,17 @@ static inline void wr32(uint8_t *p, uint32_t v)
 
 /* RFC 1071 one's-complement sum of p[0..n) as big-endian 16-bit words (an odd last byte is
  * the high half of a word), added to sum; folded later (csum_fold).  Every call but the last of
- * a checksum must cover an even number of bytes.
- *
- * Eight bytes per step in native byte order: the one's-complement sum does not depend on the
- * width of the words added as long as the carries are folded back in (RFC 1071 2(C); 2^16 is
- * 1 modulo 0xFFFF), nor on byte order as long as the folded result is swapped back to network
- * order at the end (RFC 1071 2(B)).  The 64-bit accumulator cannot overflow: each step adds at
- * most 2^33 - 2, so it would take more than 2^30 steps (8 GiB). */
+ * a checksum must cover an even number of bytes.  The sum itself is inet_sum_native
+ * (include/vnic_inet_sum.h: eight bytes per step in native order), swapped to network order
+ * here (RFC 1071 2(B)). */
 static uint32_t
 csum_add(uint32_t sum, const uint8_t *p, size_t n)
 {
-    uint64_t acc = 0;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        acc += (w & 0xFFFFFFFFu) + (w >> 32);
-        p += 8;
-        n -= 8;
-    }
-    while (n >= 2) {
-        uint16_t h;
-        memcpy(&h, p, 2);
-        acc += h;
-        p += 2;
-        n -= 2;
-    }
-    if (n) {
-        const uint8_t last[2] = {p[0], 0};
-        uint16_t h;
-        memcpy(&h, last, 2);
-        acc += h;
-    }
-    while (acc >> 16) {
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    }
+    const uint32_t acc = inet_sum_native(p, n);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    const uint32_t folded = (uint32_t)acc;
+    const uint32_t folded = acc;
 #else
-    const uint32_t folded = (uint32_t)(((acc & 0xFF) << 8) | (acc >> 8));
+    const uint32_t folded = ((acc & 0xFF) << 8) | (acc >> 8);
 #endif
     /* keep sum from overflowing across many calls: fold it too before adding */
     while (sum >> 16) {

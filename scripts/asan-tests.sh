@@ -53,7 +53,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/vnic-asan.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SRC=$WORK/src
 mkdir -p "$SRC/tests" "$WORK/reports"
-cp -r offload_target setup.py pyproject.toml "$SRC/"
+cp -r offload_target include setup.py pyproject.toml "$SRC/"
 cp tests/__init__.py "$SRC/tests/"
 cp -r tests/offload_target "$SRC/tests/"
 mkdir -p "$SRC/tests/unit"

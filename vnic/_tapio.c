@@ -83,6 +83,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vnic_inet_sum.h"
+
 #define TIO_DEFAULT_CAPACITY (4u << 20)
 #define TIO_MIN_CAPACITY 64u
 #define TIO_MAX_CAPACITY (1u << 30)
@@ -1114,49 +1116,16 @@ rx_poll(tio_core *c, int fd_too, int timeout_ms)
 #define VNET_GSO_NONE 0u
 #define ETH_LEN 14u
 
-/* RFC 1071 sum of n bytes at p: 16-bit words in memory order (the folded result, stored in
- * memory order, is the network-order sum), eight bytes per step, an odd last byte padded as
- * the first byte of a word. */
-static uint32_t
-sum16(const unsigned char *p, size_t n)
-{
-    uint64_t acc = 0;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        acc += (w & 0xFFFFFFFFu) + (w >> 32);
-        p += 8;
-        n -= 8;
-    }
-    while (n >= 2) {
-        uint16_t h;
-        memcpy(&h, p, 2);
-        acc += h;
-        p += 2;
-        n -= 2;
-    }
-    if (n) {
-        const unsigned char last[2] = {p[0], 0};
-        uint16_t h;
-        memcpy(&h, last, 2);
-        acc += h;
-    }
-    while (acc >> 16) {
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    }
-    return (uint32_t)acc;
-}
-
 /* The sum of the n ring bytes at pos, which may wrap: the second piece starts at an odd offset
  * of the range when the first is odd-sized, so its sum is byte-swapped (RFC 1071 2(B)). */
 static uint16_t
-ring_sum16(const tio_ring *r, uint64_t pos, size_t n)
+ring_inet_sum(const tio_ring *r, uint64_t pos, size_t n)
 {
     struct iovec iov[2];
     int k = ring_iov(r, pos, n, iov);
-    uint32_t sum = sum16(iov[0].iov_base, iov[0].iov_len);
+    uint32_t sum = inet_sum_native(iov[0].iov_base, iov[0].iov_len);
     if (k == 2) {
-        uint32_t second = sum16(iov[1].iov_base, iov[1].iov_len);
+        uint32_t second = inet_sum_native(iov[1].iov_base, iov[1].iov_len);
         if (iov[0].iov_len & 1) {
             second = ((second & 0xFF) << 8) | (second >> 8);
         }
@@ -1193,14 +1162,14 @@ vnet_complete(const tio_ring *r, uint64_t pos, size_t n)
                 /* a super-segment's IPv4 header describes all of it: make its checksum valid */
                 ring_get(r, frame + ETH_LEN, ip, ihl);
                 ip[10] = ip[11] = 0;
-                uint16_t c = (uint16_t)~sum16(ip, ihl);
+                uint16_t c = (uint16_t)~inet_sum_native(ip, ihl);
                 ring_put(r, frame + ETH_LEN + 10, &c, 2);
             }
         }
     }
     if ((flags & VNET_F_NEEDS_CSUM) && (size_t)csum_start + csum_offset + 2 <= len) {
         /* the field holds the pseudo-header sum; the checksum covers csum_start .. end */
-        uint16_t c = (uint16_t)~ring_sum16(r, frame + csum_start, len - csum_start);
+        uint16_t c = (uint16_t)~ring_inet_sum(r, frame + csum_start, len - csum_start);
         ring_put(r, frame + csum_start + csum_offset, &c, 2);
     }
 }
