@@ -216,3 +216,23 @@ def test_offloaded_neighbor_pins_the_host_entry() -> None:
     rig.settle()
     assert not rig.host.neighbors.pinned(ip)
     rig.checker.assert_clean()
+
+
+def test_follow_up_through_intermediates() -> None:
+    # the NRD query and its completion cross two pass-through IMs (handles translated, V17)
+    rig, _, sock, n = _offloaded(47, ims=2)
+    entry = _age_host_entry(rig)
+    rig.target.set_reachability_delta(n, 1500)
+    assert rig.target.reachability_query(n) == 0
+    rig.run_until(lambda: rig.chimney.counters["reachability_confirmed"] == 1, 10.0)
+    assert entry.state is NeighborState.REACHABLE
+    assert entry.updated == pytest.approx(rig.now - 1.5)
+    rig.target.set_reachability_delta(n, 40_000)
+    rig.run_until(lambda: entry.state is NeighborState.STALE, 40.0)
+    assert rig.target.reachability_query(n) == 0
+    rig.run_until(lambda: rig.chimney.counters["reachability_probes"] == 1, 10.0)
+    rig.run_until(lambda: entry.state is NeighborState.REACHABLE, 5.0)  # the peer answered
+    rig.run_for(5.0)
+    assert sock.offload_state is OffloadState.OFFLOADED
+    assert rig.chimney.counters["reachability_invalidations"] == 0
+    rig.checker.assert_clean()
