@@ -11,7 +11,9 @@ ScriptedTarget
     :meth:`release`; ``auto_ack`` completes sends as fully ACKed; ``return_sends_on_terminate``
     chooses between handing send data back in NetBufferListChain and completing it first (d.3
     step 6).  Objects are found by the label of the block that offloaded them
-    (``target.objects["T1"]``).
+    (``target.objects["T1"]``).  The fake has no clock: a neighbor's NicReachabilityDelta (T.7;
+    what a query or terminate of it and :meth:`ScriptedTarget.reachability_query` report) is
+    the one offloaded until :meth:`ScriptedTarget.set_reachability_delta` scripts another.
 
 ScriptedHost
     Keeps the shape of what it offloaded (:class:`~ndis.blocks.OffloadNode`), records every
@@ -496,11 +498,23 @@ class ScriptedTarget(Miniport):
     def indicate_status(self, code: int, buffer: Any = None) -> None:
         self.ndis.NdisMIndicateStatusEx(NDIS_STATUS_INDICATION(code, buffer))
 
-    def reachability_query(self, obj: TargetObject | str, nrd: int = 0) -> int:
-        """T.7: NdisMOffloadEventIndicate(NeighborReachabilityQuery); returns the host's HRD."""
+    def set_reachability_delta(self, obj: TargetObject | str, nrd: int) -> None:
+        """T.7: the NIC last saw forward progress through neighbor ``obj`` ``nrd`` ticks ago
+        (the NicReachabilityDelta its queries, terminate and reachability_query report)."""
+        if isinstance(obj, str):
+            obj = self.objects[obj]
+        if not isinstance(obj.state, NeighborOffloadState):
+            raise ValueError(f"{obj.label} is not a neighbor")
+        obj.state.Delegated.NicReachabilityDelta = nrd % _SEQ
+
+    def reachability_query(self, obj: TargetObject | str, nrd: int | None = None) -> int:
+        """T.7: NdisMOffloadEventIndicate(NeighborReachabilityQuery); returns the host's HRD.
+        ``nrd``: the NicReachabilityDelta to indicate (None: the neighbor's current one)."""
         if isinstance(obj, str):
             obj = self.objects[obj]
         src = obj.state if isinstance(obj.state, NeighborOffloadState) else NeighborOffloadState()
+        if nrd is None:
+            nrd = src.Delegated.NicReachabilityDelta
         state = NeighborOffloadState(
             NEIGHBOR_OFFLOAD_STATE_CONST(src.Const.DlSourceAddress, src.Const.VlanId),
             NEIGHBOR_OFFLOAD_STATE_CACHED(src.Cached.DlDestinationAddress, src.Cached.HostReachabilityDelta),

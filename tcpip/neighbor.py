@@ -16,7 +16,9 @@ which Linux also uses for ARP):
 - ``DELAY``: if nothing confirms it within ``delay_first_probe_time`` it moves to ``PROBE``:
   unicast requests to the cached MAC every ``retrans_time``; after ``max_probes`` without a
   reply the entry is removed (RFC 1122 section 2.3.2.1 "unicast poll").
-- An unused STALE entry is garbage-collected after ``gc_stale_time``.
+- An unused STALE entry is garbage-collected after ``gc_stale_time``, unless it is pinned
+  (:meth:`pin`: something else refers to it, e.g. a neighbor offloaded to a NIC; Linux never
+  collects a referenced entry either).
 
 Learning follows RFC 826 "Packet Reception": the sender of any ARP packet updates an existing
 entry; a packet whose target is our address also creates one.  Requests for our address are
@@ -126,6 +128,7 @@ class NeighborCache:
         self.counters = NeighborCounters()
         self._entries: dict[bytes, NeighborEntry] = {}
         self._out: list[Output] = []
+        self._pins: dict[bytes, int] = {}  # ip -> references that keep its entry from GC
         self._now = 0.0  # the latest time seen, for next_deadline() when output is waiting
 
     # ---- queries --------------------------------------------------------------------------
@@ -219,17 +222,69 @@ class NeighborCache:
             self._dropped("neighbor-unresolved", len(e.queue))
             e.queue.clear()
 
-    def confirm(self, ip: bytes, mac: bytes, now: float) -> None:
+    def confirm(self, ip: bytes, mac: bytes, now: float, *, at: float | None = None) -> None:
         """Upper-layer reachability confirmation (RFC 4861 section 7.3.1): a packet from ``ip``
-        arrived from ``mac``.  Refreshes an existing entry with the same MAC only."""
+        arrived from ``mac``.  Refreshes an existing entry with the same MAC only.
+
+        ``at``: when the evidence was seen, if earlier than ``now`` (e.g. the last forward
+        progress an offload target saw through the neighbor, T.7): the entry is REACHABLE as
+        if confirmed then, so it ages from that time.  Evidence older than what confirmed a
+        REACHABLE entry changes nothing."""
         e = self._entries.get(ip)
         if e is None or e.mac != mac or e.state is NeighborState.PERMANENT:
             return
-        e.updated = now
+        seen = now if at is None else min(at, now)
+        if at is not None and e.state is NeighborState.REACHABLE and seen <= e.updated:
+            return
+        e.updated = seen
         if e.state is not NeighborState.REACHABLE:
             self._set_state(e, NeighborState.REACHABLE, now)
             e.probes = 0
-        e.deadline = now + self.config.reachable_time
+        e.deadline = seen + self.config.reachable_time
+
+    def probe(self, ip: bytes, now: float, mac: bytes | None = None) -> bool:
+        """Start a unicast poll of ``ip`` now (RFC 1122 section 2.3.2.1), as a DELAY entry
+        does when its timer fires: a usable entry moves to PROBE and a request goes to its
+        cached MAC; the PROBE timer retries every ``retrans_time`` and removes the entry
+        after ``max_probes`` unanswered requests.  A missing entry is created in PROBE with
+        ``mac`` (when given).  True if a poll (or, INCOMPLETE, a resolution) is running;
+        False for a PERMANENT entry or a missing one without ``mac``."""
+        self._now = now
+        e = self._entries.get(ip)
+        if e is None:
+            if mac is None:
+                return False
+            self._make_room(now)
+            e = NeighborEntry(ip, NeighborState.PROBE, mac, now, now)
+            self._entries[ip] = e
+            log.debug("neighbor %s: new, state=PROBE %s", ip_str(ip), mac_str(mac))
+        elif e.state is NeighborState.PERMANENT:
+            return False
+        elif e.mac is None or e.state is NeighborState.PROBE:
+            return True  # INCOMPLETE (resolving) or already polling
+        else:
+            self._set_state(e, NeighborState.PROBE, now)
+        e.probes = 0
+        self._send_request(e, now, e.mac)  # type: ignore[arg-type]
+        return True
+
+    def pin(self, ip: bytes) -> None:
+        """Keep ``ip``'s entry from garbage collection and eviction while something refers
+        to it (counted: one :meth:`unpin` per pin).  Resolution failure still removes it."""
+        self._pins[ip] = self._pins.get(ip, 0) + 1
+
+    def unpin(self, ip: bytes, now: float) -> None:
+        n = self._pins.get(ip, 0) - 1
+        if n > 0:
+            self._pins[ip] = n
+            return
+        self._pins.pop(ip, None)
+        e = self._entries.get(ip)
+        if e is not None and e.state is NeighborState.STALE and e.deadline is None:
+            e.deadline = max(now, e.used + self.config.gc_stale_time)  # collectable again
+
+    def pinned(self, ip: bytes) -> bool:
+        return ip in self._pins
 
     # ---- the input path -------------------------------------------------------------------
 
@@ -320,7 +375,9 @@ class NeighborCache:
             e.probes = 0
             self._send_request(e, now, e.mac or BROADCAST_MAC)
         elif st is NeighborState.STALE:
-            if now - e.used >= cfg.gc_stale_time:
+            if e.ip in self._pins:
+                e.deadline = None  # referenced: not collected (unpin re-arms the timer)
+            elif now - e.used >= cfg.gc_stale_time:
                 log.debug("neighbor %s: garbage-collected", ip_str(e.ip))
                 del self._entries[e.ip]
             else:
@@ -387,7 +444,10 @@ class NeighborCache:
         if len(self._entries) < self.config.max_entries:
             return
         # Evict the least recently used non-permanent entry (Linux forced GC does similar).
-        victims = [e for e in self._entries.values() if e.state is not NeighborState.PERMANENT]
+        victims = [
+            e for e in self._entries.values()
+            if e.state is not NeighborState.PERMANENT and e.ip not in self._pins
+        ]
         if not victims:
             return
         victim = min(victims, key=lambda e: e.used)

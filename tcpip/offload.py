@@ -37,6 +37,13 @@ reads from receive indications and posted receives, and turns close/abort into
   ones per :attr:`ChimneyPolicy.upload_on_optional_reasons`), after ``TcpIndicateAbort`` (the
   host always uploads) and with ``NDIS_STATUS_UPLOAD_ALL`` (everything; no new offloads until
   ``NDIS_STATUS_OFFLOAD_RESUME``, d.8).
+* neighbor reachability (T.7): a ``NeighborReachabilityQuery`` is answered with the age of the
+  host's REACHABLE entry, or 0.  After a 0 the host queries the neighbor's NicReachabilityDelta
+  ``delay_first_probe_time`` later (at once when its own entry is in DELAY): forward progress
+  the NIC saw within ``reachable_time`` confirms the entry as of then; otherwise the entry is
+  polled with unicast ARP, and if that goes unanswered the neighbor is invalidated (d.6), so
+  every connection through it comes back.  An offloaded neighbor pins the host's entry (never
+  garbage-collected while the NIC sends through it).
 
 Conventions picked where the reference leaves a choice
 ------------------------------------------------------
@@ -95,6 +102,7 @@ from ndis.state import (
     NDIS_DEVICE_POWER_STATE,
     NDIS_TCP_CONNECTION_OFFLOAD,
     NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS,
+    NEIGHBOR_OFFLOAD_STATE_DELEGATED,
     OID_PNP_SET_POWER,
     TCP_DISCONNECT_ABORTIVE_CLOSE,
     TCP_DISCONNECT_GRACEFUL_CLOSE,
@@ -106,15 +114,16 @@ from ndis.state import (
     OffloadLayer,
 )
 from ndis.status import OFFLOADED_STATUSES, NdisStatus, status_name
-from tcpip.addr import ip_str
+from tcpip.addr import ip_str, mac_str
 from tcpip.ethernet import ETH_P_IPV4, build_ethernet
 from tcpip.ipv4 import IPPROTO_TCP, build_ipv4
-from tcpip.neighbor import NeighborState
+from tcpip.neighbor import NeighborEntry, NeighborState
 from tcpip.offload_convert import (
     DEFAULT_TICKS_PER_SECOND,
     SEND_CHUNK,
     ConversionError,
     TcpCachedExtras,
+    from_ticks,
     nbl_chain_bytes,
     neighbor_state,
     pad_mac,
@@ -208,10 +217,20 @@ class _Shared:
     update_pending: bool = False  # c.3: one update (or invalidate) at a time per object
     invalidated: bool = False  # d.6: never updated again; terminated with its dependents
     dependents: set[int] = field(default_factory=set)  # id() of live path _Shared / records
+    # T.7, neighbors only: the host's follow-up of a NeighborReachabilityQuery it answered
+    # with HRD 0 (or of its own entry in DELAY): query NRD, then confirm or probe
+    followup_at: float | None = None  # when to query NRD (stack time)
+    nrd_query_pending: bool = False  # one NRD query at a time
+    probing: bool = False  # the host's entry is being polled with unicast ARP
 
     @property
     def label(self) -> str:
         return self.handle.label
+
+    @property
+    def busy(self) -> bool:
+        """An update, invalidate or NRD query is outstanding: not terminated meanwhile."""
+        return self.update_pending or self.nrd_query_pending
 
 
 class OffloadedConnection:
@@ -423,6 +442,10 @@ class ChimneyHost(Protocol):
             "held_segments": 0, "send_nbls": 0, "bytes_sent": 0, "bytes_received": 0,
             "indications": 0, "posts": 0, "retrieve_requests": 0, "queries": 0, "updates": 0, "refused_send_bytes": 0,
             "send_backlog_indications": 0,
+            # T.7 follow-up: NRD queries sent, entries confirmed by the NIC's progress, unicast
+            # polls started, neighbors invalidated because the poll went unanswered
+            "reachability_queries": 0, "reachability_confirmed": 0, "reachability_probes": 0,
+            "reachability_invalidations": 0,
         }
         stack.add_service(self)
 
@@ -467,8 +490,12 @@ class ChimneyHost(Protocol):
 
     @property
     def pending(self) -> bool:
-        """True while a state operation is outstanding or deferred work waits for ``poll``."""
-        return bool(self._ops) or self._has_work()
+        """True while a state operation is outstanding or deferred work waits for ``poll``
+        (a T.7 follow-up step due now included; one due later is not pending)."""
+        if self._ops or self._has_work():
+            return True
+        due = self._reachability_deadline() if self._neighbors else None
+        return due is not None and due <= self.stack.now
 
     @property
     def outstanding_operations(self) -> int:
@@ -689,13 +716,114 @@ class ChimneyHost(Protocol):
         return True
 
     def _check_neighbors(self) -> None:
+        now = self.stack.now
+        cache = self.stack.neighbors
         for nb in list(self._neighbors.values()):
             if nb.phase != "offloaded" or nb.update_pending or nb.invalidated:
                 continue
-            entry = self.stack.neighbors.get(nb.key)
+            entry = cache.get(nb.key)
             if entry is not None and entry.mac is not None:
                 if pad_mac(entry.mac) != nb.state.Cached.DlDestinationAddress:
                     self.update_neighbor(nb.key, entry.mac)
+            due = self._reachability_due(nb, entry, now)
+            if due is not None and due <= now:
+                self._reachability_step(nb, entry, now)
+
+    # ---- T.7: the host's follow-up of a NeighborReachabilityQuery ------------------------------
+
+    def _reachability_due(
+        self, nb: _Shared, entry: NeighborEntry | None, now: float
+    ) -> float | None:
+        """When :meth:`poll` has the next T.7 follow-up step to take for ``nb`` (None: none,
+        or only after an outstanding operation completed).  ``poll`` and ``next_deadline``
+        both decide from here, so a deadline always means work."""
+        if nb.phase != "offloaded" or nb.invalidated or nb.busy:
+            return None
+        if nb.probing:
+            # watching the unicast poll: done once the entry is no longer being probed
+            if entry is not None and entry.state in (NeighborState.PROBE, NeighborState.INCOMPLETE):
+                return None
+            return now
+        if entry is not None and entry.state is NeighborState.DELAY:
+            return now  # T.7: "when the host's NCE is in DELAY it queries NRD before sending"
+        return nb.followup_at
+
+    def _reachability_deadline(self) -> float | None:
+        now = self.stack.now
+        cache = self.stack.neighbors
+        best: float | None = None
+        for nb in self._neighbors.values():
+            due = self._reachability_due(nb, cache.get(nb.key), now)
+            if due is not None and (best is None or due < best):
+                best = due
+        return best
+
+    def _reachability_step(self, nb: _Shared, entry: NeighborEntry | None, now: float) -> None:
+        where = f"{self.name}: {nb.label} ({ip_str(nb.key)})"
+        if nb.probing:
+            nb.probing = False
+            if entry is None:
+                # T.7 / d.6: the poll went unanswered (the cache removed the entry): invalidate;
+                # the target then asks for the upload of every connection through it
+                self.counters["reachability_invalidations"] += 1
+                log.info("%s: unicast ARP unanswered, invalidating the neighbor (T.7, d.6)", where)
+                self.invalidate_neighbor(nb.key)
+            else:
+                log.info("%s: reachable again (%s)", where, entry.state)
+            return
+        delayed = entry is not None and entry.state is NeighborState.DELAY
+        nb.followup_at = None
+        if not delayed and entry is not None and entry.state is NeighborState.REACHABLE:
+            log.debug("%s: confirmed meanwhile, no NRD query", where)
+            return
+        self._query_nrd(nb, "entry in DELAY" if delayed else "HRD 0 follow-up")
+
+    def _query_nrd(self, nb: _Shared, why: str) -> None:
+        """NdisQueryOffloadState of the neighbor's DELEGATED state: its NicReachabilityDelta
+        (T.7).  Never while it is being offloaded, updated or invalidated (c.3)."""
+        root = query_tree([nb.node], lambda n: NEIGHBOR_OFFLOAD_STATE_DELEGATED())
+        nb.nrd_query_pending = True
+        self._ops[id(root)] = ("query", root)
+        self.counters["reachability_queries"] += 1
+        log.info("%s: %s (%s) NRD query (%s, T.7)", self.name, nb.label, ip_str(nb.key), why)
+        self.binding.NdisQueryOffloadState(root)
+
+    def _nrd_answered(self, nb: _Shared, block: OffloadBlockList) -> None:
+        """T.7: recent forward progress at the NIC confirms the host's entry; none (or a
+        failed query) makes the host poll the neighbor with unicast ARP now."""
+        nb.nrd_query_pending = False
+        if nb.phase != "offloaded" or nb.invalidated:
+            return
+        now = self.stack.now
+        cache = self.stack.neighbors
+        where = f"{self.name}: {nb.label} ({ip_str(nb.key)})"
+        deleg = block.state
+        if not isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
+            deleg = getattr(deleg, "Delegated", None)
+        age: float | None = None
+        if block.Status == NdisStatus.SUCCESS and isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
+            age = from_ticks(deleg.NicReachabilityDelta, self.tps)  # NIC ticks (b.16) -> s
+        mac = bytes(nb.state.Cached.DlDestinationAddress[:6])
+        if age is not None and age < cache.config.reachable_time:
+            # the NIC saw the neighbor answer ``age`` seconds ago: REACHABLE as of then (for
+            # the MAC the NIC sends to; a different one in the entry is updated by poll)
+            entry = cache.get(nb.key)
+            if entry is None or entry.mac != mac:
+                log.info("%s: NIC progress %.3f s ago, but no entry for %s to confirm", where,
+                         age, mac_str(mac))
+                return
+            cache.confirm(nb.key, mac, now, at=now - age)
+            self.counters["reachability_confirmed"] += 1
+            log.info("%s: confirmed by the NIC's forward progress %.3f s ago (T.7)", where, age)
+            return
+        why = (f"query {status_name(block.Status)}" if age is None
+               else f"no forward progress for {age:.3f} s")
+        if cache.probe(nb.key, now, mac):
+            nb.probing = True
+            self.counters["reachability_probes"] += 1
+            log.info("%s: %s, probing with unicast ARP (T.7)", where, why)
+        else:
+            log.info("%s: %s, but its entry cannot be probed", where, why)
 
     # ---- the stack service (run from HostStack.poll) -------------------------------------------
 
@@ -711,7 +839,10 @@ class ChimneyHost(Protocol):
         self._service_uploads()
 
     def next_deadline(self) -> float | None:
-        return self.stack.now if self._has_work() else None
+        if self._has_work():
+            return self.stack.now
+        # T.7: the follow-up of a NeighborReachabilityQuery (a timer, or a step due now)
+        return self._reachability_deadline() if self._neighbors else None
 
     def _has_work(self) -> bool:
         if self._returns:
@@ -786,6 +917,9 @@ class ChimneyHost(Protocol):
             )
             self._neighbors[next_hop] = nb
             self._by_handle[id(h)] = nb
+            # T.7: the host's entry lives as long as the offloaded neighbor refers to it (it
+            # is confirmed from the NIC's forward progress, never garbage-collected meanwhile)
+            stack.neighbors.pin(next_hop)
         pk = (stack.ip, sock.key[0])
         pa = self._paths.get(pk)
         if pa is None:
@@ -1201,18 +1335,36 @@ class ChimneyHost(Protocol):
         state = OffloadBlockList.state
         if not isinstance(nb, _Shared) or state is None:
             return
-        entry = self.stack.neighbors.get(nb.key)
+        now = self.stack.now
+        cache = self.stack.neighbors
+        entry = cache.get(nb.key)
         hrd = 0  # 0 = the host's own entry is stale
         if entry is not None and entry.state is NeighborState.REACHABLE:
-            hrd = max(1, to_ticks(self.stack.now - entry.updated, self.tps))
+            hrd = max(1, to_ticks(now - entry.updated, self.tps))
         state.Cached.HostReachabilityDelta = hrd
+        if (
+            hrd == 0 and nb.layer is OffloadLayer.NEIGHBOR and nb.phase == "offloaded"
+            and not nb.invalidated and nb.followup_at is None and not nb.nrd_query_pending
+            and not nb.probing
+        ):
+            # T.7: after answering 0 the host starts a timer, later queries NRD, and if no
+            # progress was seen probes with unicast ARP and on failure invalidates the neighbor
+            nb.followup_at = now + cache.config.delay_first_probe_time
+            log.info("%s: %s (%s) HRD 0 answered, NRD query in %.3f s (T.7)", self.name,
+                     nb.label, ip_str(nb.key), cache.config.delay_first_probe_time)
 
     # ---- query / update completions ------------------------------------------------------------
 
     def QueryOffloadComplete(self, OffloadBlockList: OffloadBlockList) -> None:  # noqa: N802,N803
         self._ops.pop(id(OffloadBlockList), None)
+        shared = False
         for block in iter_blocks(OffloadBlockList):
             rec = self._by_handle.get(id(block.OffloadHandle))
+            if isinstance(rec, _Shared):
+                if rec.layer is OffloadLayer.NEIGHBOR and rec.nrd_query_pending:
+                    self._nrd_answered(rec, block)  # T.7
+                shared = True
+                continue
             if not isinstance(rec, OffloadedConnection):
                 continue
             rec.pending_ops = max(0, rec.pending_ops - 1)
@@ -1224,6 +1376,8 @@ class ChimneyHost(Protocol):
             callbacks, rec.query_callbacks = rec.query_callbacks, []
             for cb in callbacks:
                 cb(result)
+        if shared:
+            self._drop_unreferenced()  # a neighbor left idle while it was queried
 
     def UpdateOffloadComplete(self, OffloadBlockList: OffloadBlockList) -> None:  # noqa: N802,N803
         self._ops.pop(id(OffloadBlockList), None)
@@ -1296,7 +1450,7 @@ class ChimneyHost(Protocol):
         going |= {id(p) for p in paths_going}
         nbs_going = [
             nb for nb in self._neighbors.values()
-            if nb.phase == "offloaded" and not nb.update_pending
+            if nb.phase == "offloaded" and not nb.busy
             and ((nb.dependents and nb.dependents <= going) or (include_idle_shared and not nb.dependents))
         ]
         nb_ids = {id(n) for n in nbs_going}
@@ -1508,6 +1662,8 @@ class ChimneyHost(Protocol):
         if s.layer is OffloadLayer.NEIGHBOR:
             if self._neighbors.get(s.key) is s:
                 del self._neighbors[s.key]
+            if s.phase != "gone":
+                self.stack.neighbors.unpin(s.key, self.stack.now)
         else:
             if self._paths.get(s.key) is s:
                 del self._paths[s.key]
@@ -1533,7 +1689,7 @@ class ChimneyHost(Protocol):
         going = {id(p) for p in idle_paths}
         nbs = [
             n for n in self._neighbors.values()
-            if n.phase == "offloaded" and n.dependents <= going and not n.update_pending
+            if n.phase == "offloaded" and n.dependents <= going and not n.busy
         ]
         for s in (*idle_paths, *nbs):
             s.phase = "terminating"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ndis.state import NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS
 from tcpip.addr import ip_bytes, mac_bytes
 from tcpip.offload import ChimneyPolicy
 from tcpip.offload_socket import OffloadState, TcpSocket
@@ -125,6 +126,7 @@ class OffloadRig:
         latency: float = 0.0005,
         strict: bool = True,
         moderate: bool = True,
+        params: NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS | None = None,
     ) -> None:
         cfg = tcp_config or TcpConfig(msl=1.0)
         self.seed = seed
@@ -133,7 +135,8 @@ class OffloadRig:
             faults = WireFaults.from_specs(spec, spec, seed=seed)
         self.oh: OffloadHost = build_offload_host(
             mac_bytes(HOST_MAC), ip_bytes(HOST_IP), 24, capacity=capacity, tcp_config=cfg,
-            rng=random.Random(seed), policy=policy, strict=strict, moderate=moderate)
+            rng=random.Random(seed), policy=policy, strict=strict, moderate=moderate,
+            params=params)
         self.host: HostStack = self.oh.stack
         self.chimney = self.oh.chimney
         self.target = self.oh.target

@@ -199,6 +199,62 @@ def test_confirm_in_delay_avoids_probe(cache: NeighborCache) -> None:
     assert cache.get(IP_PEER).updated == 2.0
 
 
+def test_confirm_at_an_earlier_time_ages_from_then(cache: NeighborCache) -> None:
+    # T.7: the offload target saw forward progress 4 s before the host asked
+    cache.receive_arp(request_from_peer(), 0.0)
+    cache.poll(0.0)
+    cache.resolve(IP_PEER, 1.0)  # DELAY
+    cache.confirm(IP_PEER, MAC_PEER, 10.0, at=6.0)
+    e = cache.get(IP_PEER)
+    assert e.state is NeighborState.REACHABLE and e.updated == 6.0
+    assert cache.next_deadline() == pytest.approx(36.0)
+    cache.confirm(IP_PEER, MAC_PEER, 11.0, at=5.0)  # older evidence changes nothing
+    assert e.updated == 6.0
+    assert cache.poll(36.0) == [] and e.state is NeighborState.STALE
+
+
+def test_probe_polls_a_usable_entry_now_then_removes_it(cache: NeighborCache) -> None:
+    cache.receive_arp(request_from_peer(), 0.0)
+    cache.poll(0.0)
+    assert cache.probe(IP_PEER, 2.0)
+    assert cache.get(IP_PEER).state is NeighborState.PROBE
+    ((dst, req),) = arp_out(cache.poll(2.0))
+    assert dst == MAC_PEER and req.target_ip == IP_PEER  # unicast, to the cached MAC
+    assert cache.probe(IP_PEER, 2.5)  # already polling: nothing more sent
+    assert cache.poll(2.5) == []
+    assert len(arp_out(cache.poll(3.0))) == 1
+    assert len(arp_out(cache.poll(4.0))) == 1
+    cache.poll(5.0)
+    assert IP_PEER not in cache and cache.counters.resolution_failures == 1
+
+
+def test_probe_of_a_missing_entry_needs_a_mac(cache: NeighborCache) -> None:
+    assert not cache.probe(IP_PEER, 0.0)
+    assert cache.probe(IP_PEER, 0.0, MAC_PEER)
+    ((dst, _),) = arp_out(cache.poll(0.0))
+    assert dst == MAC_PEER
+    cache.receive_arp(reply_from_peer(), 0.1)
+    assert cache.get(IP_PEER).state is NeighborState.REACHABLE
+    cache.add(IP_OTHER, MAC_OTHER, 0.0, permanent=True)
+    assert not cache.probe(IP_OTHER, 1.0)
+
+
+def test_pinned_stale_entry_is_not_collected_until_unpinned(cache: NeighborCache) -> None:
+    cache.receive_arp(request_from_peer(), 0.0)
+    cache.pin(IP_PEER)
+    cache.pin(IP_PEER)
+    cache.poll(60.0)
+    assert IP_PEER in cache and cache.next_deadline() is None  # no timer spinning
+    cache.unpin(IP_PEER, 100.0)
+    cache.poll(500.0)
+    assert IP_PEER in cache  # still pinned once
+    cache.unpin(IP_PEER, 500.0)
+    assert not cache.pinned(IP_PEER)
+    assert cache.next_deadline() == pytest.approx(500.0)
+    cache.poll(500.0)
+    assert IP_PEER not in cache
+
+
 def test_unused_stale_entry_is_garbage_collected(cache: NeighborCache) -> None:
     cache.receive_arp(request_from_peer(), 0.0)
     cache.poll(0.0)
