@@ -42,8 +42,8 @@ reads from receive indications and posted receives, and turns close/abort into
   ``delay_first_probe_time`` later (at once when its own entry is in DELAY): forward progress
   the NIC saw within ``reachable_time`` confirms the entry as of then; otherwise the entry is
   polled with unicast ARP, and if that goes unanswered the neighbor is invalidated (d.6), so
-  every connection through it comes back.  An offloaded neighbor pins the host's entry (never
-  garbage-collected while the NIC sends through it).
+  every connection through it comes back; a failed NRD query uploads them (d.5).  An offloaded
+  neighbor pins the host's entry (never garbage-collected while the NIC sends through it).
 
 Conventions picked where the reference leaves a choice
 ------------------------------------------------------
@@ -445,7 +445,7 @@ class ChimneyHost(Protocol):
             # T.7 follow-up: NRD queries sent, entries confirmed by the NIC's progress, unicast
             # polls started, neighbors invalidated because the poll went unanswered
             "reachability_queries": 0, "reachability_confirmed": 0, "reachability_probes": 0,
-            "reachability_invalidations": 0,
+            "reachability_invalidations": 0, "reachability_query_failures": 0,
         }
         stack.add_service(self)
 
@@ -789,8 +789,9 @@ class ChimneyHost(Protocol):
         self.binding.NdisQueryOffloadState(root)
 
     def _nrd_answered(self, nb: _Shared, block: OffloadBlockList) -> None:
-        """T.7: recent forward progress at the NIC confirms the host's entry; none (or a
-        failed query) makes the host poll the neighbor with unicast ARP now."""
+        """T.7: recent forward progress at the NIC confirms the host's entry; none makes the
+        host poll the neighbor with unicast ARP now.  A failed query (d.5) uploads the
+        connections through the neighbor."""
         nb.nrd_query_pending = False
         if nb.phase != "offloaded" or nb.invalidated:
             return
@@ -800,9 +801,17 @@ class ChimneyHost(Protocol):
         deleg = block.state
         if not isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
             deleg = getattr(deleg, "Delegated", None)
-        age: float | None = None
-        if block.Status == NdisStatus.SUCCESS and isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
-            age = from_ticks(deleg.NicReachabilityDelta, self.tps)  # NIC ticks (b.16) -> s
+        if block.Status != NdisStatus.SUCCESS or not isinstance(deleg, NEIGHBOR_OFFLOAD_STATE_DELEGATED):
+            # d.5: a failed query means the host uploads what it could not query: the
+            # neighbor, so every connection through it (the neighbor goes with the last one)
+            self.counters["reachability_query_failures"] += 1
+            log.info("%s: NRD query %s, uploading its connections (d.5)", where,
+                     status_name(block.Status))
+            for r in self.records.values():
+                if r.path.parent is nb:
+                    r.upload_wanted = True
+            return
+        age = from_ticks(deleg.NicReachabilityDelta, self.tps)  # NIC ticks (b.16) -> s
         mac = bytes(nb.state.Cached.DlDestinationAddress[:6])
         if age is not None and age < cache.config.reachable_time:
             # the NIC saw the neighbor answer ``age`` seconds ago: REACHABLE as of then (for
@@ -816,8 +825,7 @@ class ChimneyHost(Protocol):
             self.counters["reachability_confirmed"] += 1
             log.info("%s: confirmed by the NIC's forward progress %.3f s ago (T.7)", where, age)
             return
-        why = (f"query {status_name(block.Status)}" if age is None
-               else f"no forward progress for {age:.3f} s")
+        why = f"no forward progress for {age:.3f} s"
         if cache.probe(nb.key, now, mac):
             nb.probing = True
             self.counters["reachability_probes"] += 1

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ndis.state import NEIGHBOR_OFFLOAD_STATE_DELEGATED, OffloadLayer
-from ndis.status import Operation
+from ndis.status import NdisStatus, Operation
 from tcpip.addr import ip_bytes, mac_bytes
 from tcpip.arp import ARP_REQUEST, parse_arp
 from tcpip.ethernet import ETH_P_ARP, parse_ethernet
@@ -235,4 +235,30 @@ def test_follow_up_through_intermediates() -> None:
     rig.run_for(5.0)
     assert sock.offload_state is OffloadState.OFFLOADED
     assert rig.chimney.counters["reachability_invalidations"] == 0
+    rig.checker.assert_clean()
+
+
+def test_a_failed_nrd_query_uploads_the_connections_through_the_neighbor() -> None:
+    # d.5: "a failed query means the host will upload objects it could not query"
+    rig, (hr, hw, pr, pw), sock, n = _offloaded(48)
+    entry = _age_host_entry(rig)
+    sent = _record_host_frames(rig)
+    rig.target.op_script[(Operation.QUERY, n)] = NdisStatus.FAILURE
+    assert rig.target.reachability_query(n) == 0
+    rig.run_until(lambda: rig.chimney.counters["reachability_query_failures"] == 1, 10.0)
+    rig.run_until(lambda: sock.offload_state is OffloadState.IN_HOST, 10.0)
+    rig.settle()
+    assert rig.chimney.counters["reachability_probes"] == 0 and _arp_requests(sent) == []
+    assert rig.target.objects == {}  # the neighbor went with its connection
+    assert entry.state is NeighborState.STALE
+    hw.write(b"after the upload")
+    got = bytearray()
+
+    async def peer_reader() -> None:
+        while len(got) < 16:
+            got.extend(await pr.read(100))
+
+    rig.peer.scheduler.spawn(peer_reader())
+    rig.run_until(lambda: len(got) >= 16, 30.0)
+    assert bytes(got) == b"after the upload"
     rig.checker.assert_clean()
