@@ -679,7 +679,10 @@ class ChimneyHost(Protocol):
         nb = self._neighbors.get(next_hop)
         if nb is None or nb.phase != "offloaded" or nb.update_pending or nb.invalidated:
             return False  # c.3: never while offloading or invalidated, one update at a time
-        cached = dataclasses.replace(nb.state.Cached, DlDestinationAddress=pad_mac(mac))
+        # (T.7: the cached HostReachabilityDelta goes with it, so it must be the current one:
+        # the target sets HRT = now - HRD from every update)
+        cached = dataclasses.replace(nb.state.Cached, DlDestinationAddress=pad_mac(mac),
+                                     HostReachabilityDelta=self._host_reachability_delta(next_hop))
         nb.state.Cached = cached
         return self._update_shared(nb, cached)
 
@@ -918,10 +921,15 @@ class ChimneyHost(Protocol):
         if nb is None:
             h = NDIS_OFFLOAD_HANDLE(f"N{n}:{ip_str(next_hop)}")
             nb = _Shared(OffloadLayer.NEIGHBOR, next_hop, h, OffloadNode(OffloadLayer.NEIGHBOR, h, label=h.label))
+            # T.7: HRT = now - HRD and NRT = now - NRD, equal at offload: the host's own last
+            # confirmation is all either side knows of the neighbor's reachability so far
+            hrd = self._host_reachability_delta(next_hop)
             nb.state = neighbor_state(
                 mac,
                 source_mac=stack.mac if self.policy.set_source_mac else None,
                 vlan_id=stack.vlan_id or 0,
+                host_reachability_delta=hrd,
+                nic_reachability_delta=hrd,
             )
             self._neighbors[next_hop] = nb
             self._by_handle[id(h)] = nb
@@ -1335,6 +1343,15 @@ class ChimneyHost(Protocol):
                 rec.upload_wanted = True
             self._upload_all_pending = True
 
+    def _host_reachability_delta(self, next_hop: bytes) -> int:
+        """T.7 HostReachabilityDelta: ticks since the host's entry for ``next_hop`` was last
+        confirmed while it is REACHABLE (at least 1), else 0 (stale: the target then takes
+        "now" as the host's time, which holds off its next query for NceStaleTicks)."""
+        entry = self.stack.neighbors.get(next_hop)
+        if entry is None or entry.state is not NeighborState.REACHABLE:
+            return 0
+        return max(1, to_ticks(self.stack.now - entry.updated, self.tps))
+
     def IndicateOffloadEvent(self, OffloadBlockList: Any, IndicationCode: int) -> None:  # noqa: N802,N803
         """T.7: answer a NeighborReachabilityQuery with the host's HostReachabilityDelta."""
         if IndicationCode != INDICATE_OFFLOAD_EVENT.NeighborReachabilityQuery or OffloadBlockList is None:
@@ -1345,10 +1362,7 @@ class ChimneyHost(Protocol):
             return
         now = self.stack.now
         cache = self.stack.neighbors
-        entry = cache.get(nb.key)
-        hrd = 0  # 0 = the host's own entry is stale
-        if entry is not None and entry.state is NeighborState.REACHABLE:
-            hrd = max(1, to_ticks(now - entry.updated, self.tps))
+        hrd = self._host_reachability_delta(nb.key)
         state.Cached.HostReachabilityDelta = hrd
         if (
             hrd == 0 and nb.layer is OffloadLayer.NEIGHBOR and nb.phase == "offloaded"

@@ -262,3 +262,45 @@ def test_a_failed_nrd_query_uploads_the_connections_through_the_neighbor() -> No
     rig.run_until(lambda: len(got) >= 16, 30.0)
     assert bytes(got) == b"after the upload"
     rig.checker.assert_clean()
+
+
+def _neighbor_block_states(rig: Rig, op: Operation) -> list[Any]:
+    from ndis.blocks import iter_tree
+
+    out = []
+    for o, root in rig.target.requests:
+        if o is op:
+            out += [b.state for b, _, _ in iter_tree(root)
+                    if b.layer is OffloadLayer.NEIGHBOR or type(b.state).__name__ == "NeighborOffloadState"]
+    return out
+
+
+def test_initiate_and_updates_carry_the_hosts_current_reachability_delta() -> None:
+    # T.7: the target sets HRT = now - HRD (and NRT = now - NRD, equal at offload) from the
+    # initiate and from every update of the neighbor's cached state
+    rig = Rig(49)
+    conn = rig.connect()
+    sock = rig.sock(conn[1])
+    entry = rig.host.neighbors.get(ip_bytes(PEER_IP))
+    assert entry is not None and entry.state is NeighborState.REACHABLE
+    rig.run_for(4.0)
+    rig.host.poll(rig.now)  # (the rig skips idle time without polling: bring the clock along)
+    age = rig.host.now - entry.updated
+    assert age > 3.9
+    rig.offload_and_wait(sock)
+    (n_state,) = _neighbor_block_states(rig, Operation.INITIATE)
+    assert n_state.Cached.HostReachabilityDelta == round(age * 1000)
+    assert n_state.Delegated.NicReachabilityDelta == n_state.Cached.HostReachabilityDelta
+    # a new MAC for the peer: the update carries the age the host's entry has now
+    rig.run_for(3.0)
+    new_mac = b"\x02\x76\x6e\x00\x00\x09"
+    rig.host.neighbors.add(ip_bytes(PEER_IP), new_mac, rig.host.now)
+    rig.run_for(2.0)
+    updates = [r for op, r in rig.target.requests if op is Operation.UPDATE]
+    assert len(updates) == 1
+    cached = updates[0].state
+    assert cached.DlDestinationAddress[:6] == new_mac
+    entry = rig.host.neighbors.get(ip_bytes(PEER_IP))
+    assert entry is not None
+    assert 1 <= cached.HostReachabilityDelta <= round((rig.host.now - entry.updated) * 1000) + 1
+    rig.checker.assert_clean()
