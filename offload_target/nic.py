@@ -70,6 +70,11 @@ class NicNode:
 
     def poll(self, now: float) -> list[bytes]:
         self.now = max(self.now, now)
+        # the target runs first and its indications call into the host (T.7 answers the age
+        # of the host's neighbor entry): the host's clock must say now, not its last poll
+        advance = getattr(self.host, "advance_clock", None)
+        if advance is not None:
+            advance(now)
         out: list[bytes] = []
         for _ in range(_MAX_ROUNDS):
             out += self.target.poll(now)

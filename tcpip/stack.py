@@ -200,8 +200,16 @@ class HostStack:
 
     @property
     def now(self) -> float:
-        """The latest time the stack was given (receive_frame / poll)."""
+        """The latest time the stack was given (receive_frame / poll / advance_clock)."""
         return self._now
+
+    def advance_clock(self, now: float) -> None:
+        """Move the stack's clock to ``now`` (never back) without doing any work: for a node
+        that runs something before the stack's own poll in the same pass that may call into
+        the stack (the NIC's indications: a NeighborReachabilityQuery is answered with the age
+        of the host's entry *now*, T.7)."""
+        if now > self._now:
+            self._now = now
 
     def connections(self) -> Iterator[TcpConnection]:
         return iter(list(self._conns.values()))

@@ -115,3 +115,28 @@ def test_silent_peer_gets_the_neighbor_invalidated_and_the_connection_uploaded()
     assert bytes(p.got) == first + second
     rig.assert_no_rst()
     rig.assert_clean()
+
+
+def test_the_host_answers_a_query_with_its_clock_at_the_nics_time() -> None:
+    # The target runs before the host stack in a NicNode pass and calls into it.  When a
+    # retransmission timer makes the NIC send (the host has nothing to do, so its clock was
+    # last set at an earlier pass), the host must already be at the NIC's time: else the T.7
+    # follow-up is timed from that earlier pass, up to a backed-off RTO early.
+    faults = WireFaults.from_specs(None, FaultSpec(loss=1.0))
+    faults.b_to_a.enabled = False
+    params = NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS(TicksPerSecond=1000,
+                                                    TcpMaximumRetransmissions=15)
+    rig = OffloadRig(74, faults=faults, params=params)
+    h, p = rig.pair(keep_open=True)
+    sock = rig.sock(h)
+    rig.offload(sock)
+    h.write_more(_blob(7, 50_000))
+    rig.run_until(lambda: len(p.got) == 50_000, 30.0)
+    faults.b_to_a.enabled = True  # silent peer: the NIC's RTO timer drives its sends
+    h.write_more(_blob(8, 50_000))
+    rig.run_until(lambda: rig.target.counters.get("reachability_queries", 0) >= 1, 200.0)
+    nb = next(iter(rig.chimney._neighbors.values()))
+    delay = rig.host.neighbors.config.delay_first_probe_time
+    assert nb.followup_at is not None
+    assert nb.followup_at == rig.now + delay  # answered at the NIC's time, this very pass
+    assert sock.offload_state is OffloadState.OFFLOADED
