@@ -119,6 +119,8 @@ class FaultCounters:
 def _tcp_offset(frame: bytes) -> int | None:
     if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
         return None
+    if ((frame[20] << 8) | frame[21]) & 0x1FFF:
+        return None  # a later IPv4 fragment: no TCP header in it
     off = 14 + (frame[14] & 0x0F) * 4
     return off if len(frame) >= off + 20 else None
 

@@ -839,7 +839,9 @@ class Controller:
 
 class SeqSampler:
     """FrameNode wrapper sampling (time, relative sequence end) of data frames per connection
-    and direction, and who built them (target: IPv4 identification >= 0x8000), for the picture."""
+    and direction, and who built them (target: IPv4 identification >= 0x8000), for the picture.
+    Of a fragmented segment (the ``fragment`` wire fault) only the first fragment, the one
+    with the TCP header, is sampled."""
 
     def __init__(self, node: Any, clock: Callable[[], float], resolution: float) -> None:
         self.node = node
@@ -890,6 +892,8 @@ class SeqSampler:
     def _sample(self, frame: bytes, now: float, d: int) -> None:
         if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
             return
+        if ((frame[20] << 8) | frame[21]) & 0x1FFF:
+            return  # a later IPv4 fragment: no TCP header in it
         ihl = (frame[14] & 0x0F) * 4
         total = (frame[16] << 8) | frame[17]
         ident = (frame[18] << 8) | frame[19]
