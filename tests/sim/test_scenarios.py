@@ -127,6 +127,27 @@ def test_peer_opened_flows_time_schedule_and_faults_while_offloaded(tmp_path: Pa
     assert "offload_resume" in events and "target_request" in events
 
 
+@needs_datapath
+def test_fragments_scenario_reports_the_fragments(tmp_path: Path) -> None:
+    """scenarios/fragments.toml: the peer's frames arrive fragmented; the report counts the
+    fragments made, the datagrams the host reassembled and the segments it forwarded."""
+    from vnic.runner import render_report
+
+    scn = load_scenario(ROOT / "scenarios" / "fragments.toml")
+    assert scn.faults.down is not None and scn.faults.down.fragment > 0
+    report = run_scenario(scn, RunOptions(sim=True, out=str(tmp_path), picture=False))
+    assert report["ok"], [e for e in report["expectations"] if e["ok"] is not True]
+    wire = report["faults"]["b_to_a"]
+    assert wire["fragmented"] > 100 and wire["fragments"] >= 3 * wire["fragmented"]
+    assert report["faults"]["a_to_b"]["fragmented"] == 0
+    ra = report["reassembly"]
+    assert ra["fragments_in"] == wire["fragments"] and ra["reassembled"] == wire["fragmented"]
+    assert ra["timeouts"] == ra["overlaps"] == ra["evicted"] == 0
+    assert report["chimney"]["forwarded"] > 0
+    text = render_report(report)
+    assert f"fragmented {wire['fragmented']}" in text and "host IPv4 reassembly" in text
+
+
 # ---- mistakes in scenario files --------------------------------------------------------------
 
 BAD = [
