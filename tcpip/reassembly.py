@@ -39,7 +39,8 @@ The reassembled datagram carries the header of fragment zero with MF clear, offs
 total length of the whole (RFC 791 section 3.2: the options of fragment zero only, "the
 internet header of the first fragment" is the header of the datagram) and a fresh header
 checksum; it is a :class:`tcpip.ipv4.Ipv4Packet` with the whole payload, so the caller goes on
-exactly as with an unfragmented datagram.
+exactly as with an unfragmented datagram.  The ECN field is fragment zero's: RFC 3168 section
+5.3 (CE in any fragment marks the datagram) is not applied, the stack does not use ECN.
 
 Limits (:class:`ReassemblyConfig`):
 
