@@ -20,9 +20,10 @@
 
 The parser never reassembles and never interprets options: fragments (MF set or a non-zero
 offset) and headers with options are *reported* (``is_fragment``, ``has_options``, the raw
-``options`` octets) so the caller can count and drop them.  The payload is trimmed to the Total
-Length (anything after it is link-layer padding, RFC 894).  ``build_ipv4`` sets DF by default:
-the stack does path-MTU-sized segments and never fragments (RFC 1191).
+``options`` octets); the stack hands fragments to :mod:`tcpip.reassembly` and drops options.
+The payload is trimmed to the Total Length (anything after it is link-layer padding, RFC 894).
+``build_ipv4`` sets DF by default: the stack does path-MTU-sized segments and never fragments
+(RFC 1191).
 """
 
 from __future__ import annotations

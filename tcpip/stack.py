@@ -11,7 +11,12 @@ other exception (a bug) is logged and counted as ``internal-error``.
   was configured with that VLAN (then untagged frames are dropped and output is tagged).
 - ARP: :class:`tcpip.neighbor.NeighborCache` learns, answers and resolves.
 - IPv4: header checksum, destination = our address, valid source (RFC 1122 section 3.2.1.3).
-  Fragments and datagrams with options are counted and dropped (no reassembly here).
+  Fragments go to :class:`tcpip.reassembly.Reassembler` (RFC 1122 section 3.3.2: a host MUST
+  reassemble); a completed datagram continues exactly as an unfragmented one would.  Its timer
+  runs in ``poll``/``next_deadline`` like the neighbor cache's; a datagram that times out after
+  its fragment zero arrived gets an ICMP Time Exceeded, code 1 (RFC 792, RFC 1122 3.3.2).
+  Datagrams with options are counted and dropped.  The stack itself never fragments: DF is set
+  on everything it sends (RFC 1191).
 - ICMP: echo requests are answered (RFC 792, RFC 1122 section 3.2.2.6); the rest is counted.
 - TCP: demultiplexed by 4-tuple in :meth:`HostStack._deliver_tcp` (the one place a later
   offload layer has to intercept) to ``tcpip.tcp.TcpConnection`` objects, listeners create
@@ -50,9 +55,16 @@ from tcpip.ethernet import (
     build_ethernet,
     parse_ethernet,
 )
-from tcpip.icmp import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, build_icmp, parse_icmp
+from tcpip.icmp import (
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_TIME_EXCEEDED,
+    build_icmp,
+    parse_icmp,
+)
 from tcpip.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, Ipv4Packet, build_ipv4, parse_ipv4
 from tcpip.neighbor import NeighborCache, NeighborConfig
+from tcpip.reassembly import Expired, Reassembler, ReassemblyConfig
 from tcpip.seq import seq_add
 from tcpip.tcp_segment import TcpFlags, TcpOptions, TcpSegment, build_tcp, parse_tcp
 
@@ -72,6 +84,9 @@ EPHEMERAL_PORTS = (32768, 60999)
 IP_ID_MASK = 0x7FFF  # the host's half of the identification space (reference T.1)
 _MAX_POLL_ROUNDS = 8  # scheduler <-> connections ping-pong inside one poll()
 _RST_ACK = TcpFlags.RST | TcpFlags.ACK
+_ICMP_FRAGMENT_REASSEMBLY_TIME_EXCEEDED = 1  # RFC 792, Time Exceeded Message, code 1
+# RFC 792 / RFC 1122 section 3.2.2: ICMP error types (no ICMP error is sent about one)
+_ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
 
 
 def _engine() -> Any:
@@ -93,6 +108,9 @@ class StackCounters:
     icmp_in: int = 0
     icmp_echo_requests: int = 0
     icmp_echo_replies: int = 0
+    icmp_time_exceeded_out: int = 0  # reassembly timeouts reported to the source
+    ip_fragments_in: int = 0  # fragments for us handed to the reassembler
+    ip_reassembled: int = 0  # datagrams it completed (then counted like any other datagram)
     tcp_in: int = 0
     tcp_out: int = 0
     rst_out: int = 0  # resets the stack sent for unknown connections / closed ports
@@ -142,6 +160,7 @@ class HostStack:
         neighbor_config: NeighborConfig | None = None,
         ephemeral_ports: tuple[int, int] = EPHEMERAL_PORTS,
         syn_backlog: int = 4096,
+        reassembly_config: ReassemblyConfig | None = None,
     ) -> None:
         """The first keyword arguments are those of docs/internals.md; the rest tune the stack:
 
@@ -149,6 +168,7 @@ class HostStack:
         (None: untagged only).  ``neighbor_config``: ARP cache timers and bounds.
         ``ephemeral_ports``: the inclusive local port range for :meth:`connect`.
         ``syn_backlog``: default bound on embryonic connections per listener.
+        ``reassembly_config``: IPv4 reassembly timeout and limits (:mod:`tcpip.reassembly`).
         """
         if not 0 <= prefix_len <= 32:
             raise ValueError(f"prefix length {prefix_len}")
@@ -169,6 +189,7 @@ class HostStack:
         self._subnet_broadcast = (self._net | (~mask & 0xFFFFFFFF)).to_bytes(4, "big")
         self.counters = StackCounters()
         self.neighbors = NeighborCache(mac, self.ip, neighbor_config, on_drop=self.counters.drop)
+        self.reassembly = Reassembler(reassembly_config, on_drop=self.counters.drop, name=name)
         self.scheduler = Scheduler()
         self._conns: dict[ConnKey, TcpConnection] = {}
         self._keys: dict[int, ConnKey] = {}  # id(conn) -> key (the engine may be unhashable)
@@ -413,6 +434,8 @@ class HostStack:
             if not self._dirty:
                 break
             self._service(now)
+        for expired in self.reassembly.poll(now):
+            self._reassembly_timed_out(expired, now)
         for mac, ethertype, payload in self.neighbors.poll(now):
             self._tx.append(build_ethernet(mac, self.mac, ethertype, payload, self._vlan_tags))
         out, self._tx = self._tx, []
@@ -431,7 +454,11 @@ class HostStack:
             heapq.heappop(timers)  # stale: the connection has a newer deadline or is gone
         if timers:
             best = timers[0][0]
-        for d in (self.neighbors.next_deadline(), self.scheduler.next_deadline()):
+        for d in (
+            self.neighbors.next_deadline(),
+            self.scheduler.next_deadline(),
+            self.reassembly.next_deadline(),
+        ):
             if d is not None and (best is None or d < best):
                 best = d
         for service in self._services:
@@ -499,8 +526,14 @@ class HostStack:
             c.drops["ip-bad-source"] += 1
             return
         if ip.is_fragment:
-            c.drops["ip-fragment"] += 1  # no reassembly (DF is set on everything we send)
-            return
+            # RFC 1122 section 3.3.2: a host MUST reassemble.  The whole datagram goes on
+            # through the same checks and demultiplexing as an unfragmented one.
+            c.ip_fragments_in += 1
+            whole = self.reassembly.add(ip, now)
+            if whole is None:
+                return
+            c.ip_reassembled += 1
+            ip = whole
         if ip.options:
             c.drops["ip-options"] += 1
             return
@@ -516,6 +549,24 @@ class HostStack:
         else:
             # RFC 1122 section 3.2.2.1 suggests a protocol-unreachable; we only count.
             c.drops["ip-unknown-protocol"] += 1
+
+    def _reassembly_timed_out(self, expired: Expired, now: float) -> None:
+        """RFC 1122 section 3.3.2: a datagram whose reassembly timed out after fragment zero
+        arrived gets an ICMP Time Exceeded (type 11, code 1) to its source (RFC 792: unused
+        word, then the internet header and the first 64 bits of the original data).  Never
+        about an ICMP error (RFC 1122 section 3.2.2)."""
+        first = expired.first
+        if not self.reassembly.config.time_exceeded or first is None:
+            return
+        if first.protocol == IPPROTO_ICMP and (
+            not first.payload or first.payload[0] in _ICMP_ERROR_TYPES
+        ):
+            return
+        msg = build_icmp(
+            ICMP_TIME_EXCEEDED, _ICMP_FRAGMENT_REASSEMBLY_TIME_EXCEEDED, bytes(4), expired.quote
+        )
+        self.counters.icmp_time_exceeded_out += 1
+        self._send_ip(first.src, IPPROTO_ICMP, msg, now)
 
     def _valid_source(self, src: bytes) -> bool:
         """RFC 1122 section 3.2.1.3: discard datagrams from 0.0.0.0, broadcast, multicast,

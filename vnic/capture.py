@@ -175,6 +175,8 @@ class HandoffRecorder:
             et = frame[16:18]
         if et != b"\x08\x00" or len(frame) < off + 20 or frame[off + 9] != 6:
             return None
+        if ((frame[off + 6] << 8) | frame[off + 7]) & 0x1FFF:
+            return None  # a later IPv4 fragment (the fragment wire fault): no TCP header
         ihl = (frame[off] & 0x0F) * 4
         t = off + ihl
         if len(frame) < t + 4:

@@ -9,9 +9,11 @@ frames to deliver with their release times::
 
 Faults (all probabilities per eligible frame, decided in a fixed order from one seeded
 ``random.Random`` so a seed replays exactly): loss (Bernoulli ``loss`` or Gilbert-Elliott
-bursts), corrupt (flip a byte, optionally sparing the Ethernet header), truncate, duplicate,
-reorder (hold the frame back until ``reorder_gap`` later frames passed, or ``reorder_delay``),
-delay (fixed + uniform jitter). ``FaultSpec.match`` restricts everything to frames a predicate
+bursts), corrupt (flip a byte, optionally sparing the Ethernet header), truncate, fragment
+(split an IPv4 frame into IPv4 fragments, see :func:`fragment_frame`), duplicate, reorder (hold
+the frame back until ``reorder_gap`` later frames passed, or ``reorder_delay``), delay (fixed +
+uniform jitter).  Duplicate, reorder and delay act on a fragmented frame's fragments together
+(both copies, all held, all late); ``fragment_reorder`` sends the fragments last first. ``FaultSpec.match`` restricts everything to frames a predicate
 accepts (e.g. :func:`tcp_data_only`), ``start``/``stop`` to a time window, ``skip``/``count`` to
 the N matching frames after the first K, and ``FaultInjector.enabled`` switches it at run time
 (e.g. on for the first frames after a connection is handed back).
@@ -23,6 +25,8 @@ import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
+
+from tcpip.checksum import internet_checksum
 
 FramePredicate = Callable[[bytes], bool]
 
@@ -53,16 +57,27 @@ class FaultSpec:
     corrupt_keep_ethernet: bool = True  # never flip bytes of the 14-byte Ethernet header
     truncate: float = 0.0
     truncate_min: int = 14  # truncated length is uniform in [truncate_min, len-1]
+    fragment: float = 0.0  # split IPv4 frames into fragments (fragment_frame) ...
+    fragment_size: int = 512  # ... of this many payload octets each (a multiple of 8)
+    fragment_reorder: bool = False  # send the fragments of a frame in reverse order
     match: FramePredicate | None = None
     start: float | None = None  # only frames put on the wire in [start, stop)
     stop: float | None = None
     skip: int = 0  # let the first `skip` matching frames through untouched ...
     count: int | None = None  # ... then affect at most `count` matching frames
 
+    def __post_init__(self) -> None:
+        if (isinstance(self.fragment_size, bool) or not isinstance(self.fragment_size, int)
+                or self.fragment_size < 8 or self.fragment_size % 8):
+            # RFC 791 section 3.1: the fragment offset counts 8-octet units, so every fragment
+            # but the last carries a multiple of 8 octets
+            raise ValueError(f"fragment_size must be a positive multiple of 8 (RFC 791: "
+                             f"fragment offsets count 8-octet units), not {self.fragment_size!r}")
+
     @property
     def is_noop(self) -> bool:
         return not (self.loss or self.gilbert or self.duplicate or self.reorder or self.delay
-                    or self.jitter or self.corrupt or self.truncate)
+                    or self.jitter or self.corrupt or self.truncate or self.fragment)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FaultSpec:
@@ -91,6 +106,8 @@ class FaultCounters:
     delayed: int = 0
     corrupted: int = 0
     truncated: int = 0
+    fragmented: int = 0  # frames split into IPv4 fragments ...
+    fragments: int = 0  # ... and the fragments made of them
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -102,6 +119,8 @@ class FaultCounters:
 def _tcp_offset(frame: bytes) -> int | None:
     if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
         return None
+    if ((frame[20] << 8) | frame[21]) & 0x1FFF:
+        return None  # a later IPv4 fragment: no TCP header in it
     off = 14 + (frame[14] & 0x0F) * 4
     return off if len(frame) >= off + 20 else None
 
@@ -154,6 +173,92 @@ def all_of(*preds: FramePredicate) -> FramePredicate:
 
 def any_of(*preds: FramePredicate) -> FramePredicate:
     return lambda frame: any(p(frame) for p in preds)
+
+
+# --- IPv4 fragmentation ---------------------------------------------------------------------------
+
+
+def _copied_options(options: bytes) -> bytes | None:
+    """The options of ``options`` whose copied flag is set (RFC 791 section 3.1: "the copied
+    flag indicates that this option is copied into all fragments on fragmentation"), padded
+    with End of Option List octets to a multiple of 4; None when the options are malformed."""
+    out = bytearray()
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:  # End of Option List
+            break
+        if kind == 1:  # No Operation: copied flag 0
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2 or i + options[i + 1] > len(options):
+            return None
+        length = options[i + 1]
+        if kind & 0x80:
+            out += options[i : i + length]
+        i += length
+    out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
+def fragment_frame(frame: bytes, size: int, *, reverse: bool = False) -> list[bytes] | None:
+    """Split the IPv4 datagram in ``frame`` into fragments of at most ``size`` payload octets
+    (a multiple of 8), each behind a copy of the frame's Ethernet header (and 802.1Q tag);
+    ``reverse``: the last fragment first.  None (leave the frame as it is) when the frame is not
+    IPv4 with a well-formed header and a correct header checksum, or its payload fits in ``size``.
+
+    RFC 791 section 3.2, "An Example Fragmentation Procedure": every fragment gets a copy of the
+    header with its own Total Length, Fragment Offset (the original offset plus its position in
+    8-octet units), MF set on all but the last (the last keeps the original MF, so a fragment
+    can be fragmented again) and the header checksum recomputed; the identification is kept.
+    The first fragment carries all options, the others only those with the copied flag.
+
+    This is a fault injector, not a router: a datagram with DF set is fragmented as well (DF
+    stays set in every fragment); a router would drop it and send ICMP "fragmentation needed"
+    (RFC 1191) instead.  Ethernet padding after the datagram is not copied.
+    """
+    if size < 8 or size % 8:
+        raise ValueError(f"fragment size must be a positive multiple of 8, not {size}")
+    off = 14
+    if len(frame) >= 18 and frame[12:14] == b"\x81\x00":
+        off = 18
+    if len(frame) < off + 20 or frame[off - 2 : off] != b"\x08\x00":
+        return None
+    vihl = frame[off]
+    ihl = (vihl & 0x0F) * 4
+    total = int.from_bytes(frame[off + 2 : off + 4], "big")
+    if vihl >> 4 != 4 or ihl < 20 or total < ihl or len(frame) < off + total:
+        return None
+    if total - ihl <= size or internet_checksum(frame[off : off + ihl]) != 0:
+        return None  # fits as it is, or a damaged header (recomputing would repair it)
+    options = frame[off + 20 : off + ihl]
+    later = _copied_options(options) if options else b""
+    if later is None:
+        return None
+    l2 = frame[:off]
+    fixed = frame[off : off + 20]
+    flags = int.from_bytes(fixed[6:8], "big")
+    keep = flags & 0xC000  # reserved bit and DF, as they were
+    base = flags & 0x1FFF
+    last_mf = flags & 0x2000
+    payload = frame[off + ihl : off + total]
+    out = []
+    for pos in range(0, len(payload), size):
+        piece = payload[pos : pos + size]
+        opts = options if pos == 0 else later
+        hlen = 20 + len(opts)
+        mf = last_mf if pos + size >= len(payload) else 0x2000
+        hdr = bytearray(fixed)
+        hdr[0] = 0x40 | (hlen >> 2)
+        hdr[2:4] = (hlen + len(piece)).to_bytes(2, "big")
+        hdr[6:8] = (keep | mf | (base + pos // 8)).to_bytes(2, "big")
+        hdr[10:12] = b"\x00\x00"
+        hdr += opts
+        hdr[10:12] = internet_checksum(hdr).to_bytes(2, "big")
+        out.append(l2 + bytes(hdr) + piece)
+    if reverse:
+        out.reverse()
+    return out
 
 
 # --- the injector ----------------------------------------------------------------------------
@@ -248,6 +353,13 @@ class FaultInjector:
         if s.truncate and rnd() < s.truncate and len(frame) > s.truncate_min + 1:
             frame = frame[: self.rng.randrange(s.truncate_min, len(frame))]
             c.truncated += 1
+        frames = [frame]
+        if s.fragment and rnd() < s.fragment:
+            pieces = fragment_frame(frame, s.fragment_size, reverse=s.fragment_reorder)
+            if pieces is not None:
+                frames = pieces
+                c.fragmented += 1
+                c.fragments += len(pieces)
         copies = 2 if s.duplicate and rnd() < s.duplicate else 1
         if copies == 2:
             c.duplicated += 1
@@ -257,14 +369,19 @@ class FaultInjector:
             c.delayed += 1
         if s.reorder and rnd() < s.reorder:
             c.reordered += 1
-            self._held.append([s.reorder_gap, max(t, now + s.reorder_delay), frame])
-            c.delivered += copies - 1
+            deadline = max(t, now + s.reorder_delay)
+            self._held.extend([s.reorder_gap, deadline, f] for f in frames)
+            c.delivered += (copies - 1) * len(frames)
             out = released
             if copies == 2:  # the duplicate goes ahead, the original arrives late
-                out.append((t, frame))
+                out.extend((t, f) for f in frames)
             return out
-        c.delivered += copies
-        return [*released, (t, frame)] + ([(t, frame)] if copies == 2 else [])
+        c.delivered += copies * len(frames)
+        out = released
+        out.extend((t, f) for f in frames)
+        if copies == 2:
+            out.extend((t, f) for f in frames)
+        return out
 
     def poll(self, now: float) -> list[tuple[float, bytes]]:
         """Held frames whose reorder deadline passed."""

@@ -12,7 +12,9 @@ what crossed the wire on the host's side: frames the offload target built (IPv4 
 in the upper half 0x8000-0xFFFF, reference T.1) versus frames the host stack built (lower half),
 RSTs either way, retransmitted data, the peer's zero-window advertisements and the target's
 probes while the peer's window is closed.  It parses headers with ``struct`` only (cheap enough
-for bulk transfers over TAP).
+for bulk transfers over TAP).  A fragmented segment (the ``fragment`` wire fault) is seen through
+its first fragment, the only one with the TCP header (its data count is that fragment's); later
+fragments are not parsed.
 """
 
 from __future__ import annotations
@@ -235,6 +237,8 @@ class WireWatch:
         ihl = (vihl & 0x0F) * 4
         if frame[off + 9] != 6 or len(frame) < off + ihl + 20:
             return
+        if ((frame[off + 6] << 8) | frame[off + 7]) & 0x1FFF:
+            return  # a later IPv4 fragment: no TCP header in it
         total_len = (frame[off + 2] << 8) | frame[off + 3]
         ident = (frame[off + 4] << 8) | frame[off + 5]
         t = off + ihl

@@ -839,7 +839,9 @@ class Controller:
 
 class SeqSampler:
     """FrameNode wrapper sampling (time, relative sequence end) of data frames per connection
-    and direction, and who built them (target: IPv4 identification >= 0x8000), for the picture."""
+    and direction, and who built them (target: IPv4 identification >= 0x8000), for the picture.
+    Of a fragmented segment (the ``fragment`` wire fault) only the first fragment, the one
+    with the TCP header, is sampled."""
 
     def __init__(self, node: Any, clock: Callable[[], float], resolution: float) -> None:
         self.node = node
@@ -890,6 +892,8 @@ class SeqSampler:
     def _sample(self, frame: bytes, now: float, d: int) -> None:
         if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
             return
+        if ((frame[20] << 8) | frame[21]) & 0x1FFF:
+            return  # a later IPv4 fragment: no TCP header in it
         ihl = (frame[14] & 0x0F) * 4
         total = (frame[16] << 8) | frame[17]
         ident = (frame[18] << 8) | frame[19]
@@ -1381,6 +1385,8 @@ def _finish(scn: Scenario, opts: RunOptions, seed: int, mode: str, paths: dict[s
         "target_faults": ctl.target_faults,
         "target_fault_log": ctl.fault_log[-2000:],
         "faults": r["faults"].counters() if r["faults"] is not None else None,
+        # the host stack's IPv4 reassembly (fragments come up the ordinary receive path, T.9)
+        "reassembly": oh.stack.reassembly.counters.as_dict(),
         "files": {k: v for k, v in paths.items() if k != "dir" and (k != "kernel_pcap"
                                                                    or os.path.exists(v))},
         "directory": paths["dir"],
@@ -1578,6 +1584,18 @@ def render_report(rep: dict[str, Any]) -> str:
         lines.append(f"  conn {c['index']:3d} :{port:<5d} {'; '.join(parts)}; "
                      f"offloads {c['offloads']} uploads {c['uploads']} RSTs {c['rsts']}"
                      + (f"  error: {c['error']}" if c["error"] else ""))
+    names = {"a_to_b": "host->peer", "b_to_a": "peer->host"}
+    for d, fc in (rep.get("faults") or {}).items():
+        acted = {k: v for k, v in fc.items() if v and k not in ("frames_in", "eligible", "delivered")}
+        if acted:
+            lines.append(f"  wire faults {names.get(d, d)}: {fc['eligible']} of {fc['frames_in']} "
+                         "frames eligible; " + ", ".join(f"{k} {v}" for k, v in acted.items()))
+    ra = rep.get("reassembly") or {}
+    if ra.get("fragments_in"):
+        lost = {k: v for k, v in ra.items() if v and k not in ("fragments_in", "reassembled")}
+        lines.append(f"  host IPv4 reassembly: {ra['reassembled']} datagrams from "
+                     f"{ra['fragments_in']} fragments" + "".join(f", {k} {v}" for k, v in lost.items())
+                     + f"; {rep['chimney'].get('forwarded', 0)} segments forwarded to the target")
     for f in rep.get("target_faults") or []:
         args = " ".join(f"{k}={v}" for k, v in f.items() if k not in ("t", "entry", "fault", "conn"))
         who = f"conn {f['conn']}" if f["conn"] is not None else "target"

@@ -46,7 +46,10 @@ target holds the connection.
     during = "always"             # `both` = each direction. Keys of vnic.faults.FaultSpec:
     after_frames = 16             # loss, duplicate, reorder, delay, jitter, corrupt, truncate,
     [faults.both]                 # gilbert = {p, r, loss_good, loss_bad}, start, stop, skip,
-    loss = 0.01                   # count ... `during`: "always", "offloaded" (frames of offloaded
+    loss = 0.01                   # count, fragment (probability: split an IPv4 frame into
+    fragment = 0.5                # fragments of fragment_size payload octets, a multiple of 8,
+    fragment_size = 512           # default 512; fragment_reorder = true: last fragment first)
+                                  # ... `during`: "always", "offloaded" (frames of offloaded
                                   # connections), "handoff" (while Offloading/Uploading and the
                                   # first `after_frames` frames of a connection after each change)
     [expect]
@@ -620,7 +623,8 @@ def _parse_faults(c: _Ctx, d: Any) -> FaultsSpec:
     return fs
 
 
-_PROBABILITIES = ("loss", "duplicate", "reorder", "corrupt", "truncate")
+_PROBABILITIES = ("loss", "duplicate", "reorder", "corrupt", "truncate", "fragment")
+_BOOLEANS = ("corrupt_keep_ethernet", "fragment_reorder")
 
 
 def _fault_spec(c: _Ctx, d: dict[str, Any], where: str) -> FaultSpec:
@@ -631,10 +635,16 @@ def _fault_spec(c: _Ctx, d: dict[str, Any], where: str) -> FaultSpec:
             g = c.table(v, f"{where}.gilbert", {f.name for f in dataclasses.fields(GilbertElliott)})
             for gk in g:
                 c.number(g, gk, f"{where}.gilbert", 0.0, lo=0.0, hi=1.0)
-        elif k == "corrupt_keep_ethernet":
+        elif k in _BOOLEANS:
             c.typed(d, k, where, (bool,), True)
         elif k in ("reorder_gap", "truncate_min", "skip", "count"):
             c.number(d, k, where, 0, lo=0, integer=True)
+        elif k == "fragment_size":
+            size = c.number(d, k, where, 512, lo=8, hi=65528, integer=True)
+            if size % 8:
+                # RFC 791 section 3.1: fragment offsets count 8-octet units
+                raise c.fail(f"{where}.{k}", f"must be a multiple of 8 (fragment offsets count "
+                                             f"8-octet units), not {size}")
         elif k in _PROBABILITIES:
             c.number(d, k, where, 0.0, lo=0.0, hi=1.0)
         else:

@@ -10,7 +10,10 @@ first.  ``vnic-event`` notes (:mod:`vnic.capture`) give the handoffs: each
 ``offload-start``; frames are attributed to "built before / after the event" with the IPv4
 identification marks the event carries (file order when they are missing), compared after
 unwrapping each side's 15-bit identification counter in file order (:class:`_Serial`).  An RST
-after both FINs were acknowledged is *late*: counted, not a ``no-rst`` failure.
+after both FINs were acknowledged is *late*: counted, not a ``no-rst`` failure.  IPv4 fragments
+(the ``fragment`` wire fault; over TAP outbound frames are captured after the faults) are
+reassembled with the host stack's :class:`tcpip.reassembly.Reassembler` and the segment is
+checked where its datagram completes (``fragments`` counts them).
 
 Rules (each :class:`Failure` names rule, connection, handoff epoch, frame number, detail):
 ``stream-complete``, ``no-inconsistent-overlap``, ``digest-match``, ``no-rst``,
@@ -29,6 +32,9 @@ from typing import Any
 
 from tcpip.addr import ip_str
 from tcpip.checksum import ones_sum, verify_checksum
+from tcpip.errors import DecodeError
+from tcpip.ipv4 import build_ipv4, parse_ipv4
+from tcpip.reassembly import Reassembler
 from vnic.capture import parse_event
 from vnic.pcapng import DIR_INBOUND, DIR_OUTBOUND, parse_comment
 
@@ -162,6 +168,7 @@ class VerifyReport:
     frames: int = 0
     tcp_frames: int = 0
     events: int = 0
+    fragments: int = 0  # IPv4 fragments of TCP datagrams, reassembled before the checks
     ignored: dict[str, int] = dataclasses.field(default_factory=dict)
     connections: dict[str, ConnectionResult] = dataclasses.field(default_factory=dict)
     failures: list[Failure] = dataclasses.field(default_factory=list)
@@ -181,6 +188,7 @@ class VerifyReport:
             "frames": self.frames,
             "tcp_frames": self.tcp_frames,
             "events": self.events,
+            "fragments": self.fragments,
             "ignored": dict(self.ignored),
             "rules": list(self.rules_checked),
             "connections": {k: v.as_dict() for k, v in self.connections.items()},
@@ -407,13 +415,15 @@ def _decode(frame: bytes) -> tuple[Any, ...] | str:
     if frame[off + 9] != 6:
         return "not-tcp"
     total = (frame[off + 2] << 8) | frame[off + 3]
-    if total < ihl + 20 or n < off + total:
+    if total < ihl or n < off + total:
         return "truncated"
     if not verify_checksum(frame[off:off + ihl]):
         return "bad-ip-checksum"
     frag = ((frame[off + 6] << 8) | frame[off + 7]) & 0x3FFF
     if frag:
         return "fragment"
+    if total < ihl + 20:
+        return "truncated"
     ident = (frame[off + 4] << 8) | frame[off + 5]
     src = bytes(frame[off + 12:off + 16])
     dst = bytes(frame[off + 16:off + 20])
@@ -440,6 +450,7 @@ class _Verifier:
         self.host_ids = _Serial()  # the host stack's identifications (one counter)
         self.target_ids = _Serial()  # the offload target's (one counter, T.1)
         self.host_ids_seen: set[int] = set()  # unwrapped, of the host's outbound TCP frames
+        self.fragments = Reassembler(name="verify")
 
     # -- helpers ---------------------------------------------------------------------------------
     def fail(self, rule: str, conn: str | None, handoff: int | None, frame: int | None,
@@ -518,8 +529,32 @@ class _Verifier:
                 None if t is None else self.target_ids.unwrap(int(t), update=False))
 
     # -- frames ----------------------------------------------------------------------------------
+    def _defragment(self, cf: Any) -> bytes | None:
+        """Feed an IPv4 fragment to the reassembler (capture time as its clock); the whole
+        datagram, rebuilt as a frame behind the same link header, once it completes."""
+        frame = cf.frame
+        off = 18 if frame[12:14] == b"\x81\x00" else 14
+        try:
+            ip = parse_ipv4(memoryview(frame)[off:])
+        except DecodeError:
+            return None
+        whole = self.fragments.add(ip, float(cf.timestamp))
+        if whole is None:
+            return None
+        return bytes(frame[:off]) + build_ipv4(
+            whole.src, whole.dst, whole.protocol, whole.payload,
+            identification=whole.identification, ttl=whole.ttl,
+            dont_fragment=whole.dont_fragment, dscp=whole.dscp, ecn=whole.ecn,
+            options=whole.options)
+
     def on_frame(self, number: int, cf: Any) -> None:
         dec = _decode(cf.frame)
+        if dec == "fragment":
+            self.report.fragments += 1
+            frame = self._defragment(cf)
+            if frame is None:
+                return
+            dec = _decode(frame)
         if isinstance(dec, str):
             if dec not in ("not-ipv4", "not-tcp"):
                 self.ignore(dec)
@@ -877,6 +912,8 @@ def render_verify(report: VerifyReport) -> str:
     """A human-readable report: per connection and direction, the handoffs, the failures."""
     lines = [f"capture {report.path}: {report.frames} frames ({report.tcp_frames} TCP), "
              f"{report.events} events"]
+    if report.fragments:
+        lines.append(f"  IPv4 fragments: {report.fragments} (reassembled before the checks)")
     if report.ignored:
         lines.append("  ignored: " + ", ".join(f"{k}={v}" for k, v in sorted(report.ignored.items())))
     for name, cr in sorted(report.connections.items()):

@@ -127,6 +127,27 @@ def test_peer_opened_flows_time_schedule_and_faults_while_offloaded(tmp_path: Pa
     assert "offload_resume" in events and "target_request" in events
 
 
+@needs_datapath
+def test_fragments_scenario_reports_the_fragments(tmp_path: Path) -> None:
+    """scenarios/fragments.toml: the peer's frames arrive fragmented; the report counts the
+    fragments made, the datagrams the host reassembled and the segments it forwarded."""
+    from vnic.runner import render_report
+
+    scn = load_scenario(ROOT / "scenarios" / "fragments.toml")
+    assert scn.faults.down is not None and scn.faults.down.fragment > 0
+    report = run_scenario(scn, RunOptions(sim=True, out=str(tmp_path), picture=False))
+    assert report["ok"], [e for e in report["expectations"] if e["ok"] is not True]
+    wire = report["faults"]["b_to_a"]
+    assert wire["fragmented"] > 100 and wire["fragments"] >= 3 * wire["fragmented"]
+    assert report["faults"]["a_to_b"]["fragmented"] == 0
+    ra = report["reassembly"]
+    assert ra["fragments_in"] == wire["fragments"] and ra["reassembled"] == wire["fragmented"]
+    assert ra["timeouts"] == ra["overlaps"] == ra["evicted"] == 0
+    assert report["chimney"]["forwarded"] > 0
+    text = render_report(report)
+    assert f"fragmented {wire['fragmented']}" in text and "host IPv4 reassembly" in text
+
+
 # ---- mistakes in scenario files --------------------------------------------------------------
 
 BAD = [
@@ -153,6 +174,12 @@ BAD = [
     ("[[flow]]\n[faults.up]\nloss = 1.5\n", "faults.up.loss: must be within 0..1"),
     ("[[flow]]\n[faults.both]\nlos = 0.1\n", "faults.both.los: unknown key"),
     ("[[flow]]\n[faults]\nduring = 'sometimes'\n", "faults.during: must be one of always"),
+    ("[[flow]]\n[faults.down]\nfragment = 2\n", "faults.down.fragment: must be within 0..1"),
+    ("[[flow]]\n[faults.down]\nfragment_size = 100\n",
+     "faults.down.fragment_size: must be a multiple of 8"),
+    ("[[flow]]\n[faults.up]\nfragment_size = 4\n", "faults.up.fragment_size: must be within 8..65528"),
+    ("[[flow]]\n[faults.both]\nfragment_reorder = 'yes'\n",
+     "faults.both.fragment_reorder: must be true or false"),
     ("[[flow]]\n[expect]\nintact = 'yes'\n", "expect.intact: must be true or false"),
     ("[[flow]]\n[expect]\nwhatever = true\n", "expect.whatever: unknown key"),
     ("[[flow]\n", "not valid TOML"),
@@ -186,7 +213,9 @@ def test_schema_values() -> None:
                  {"count": 1, "direction": "down", "open": "peer"}],
         "schedule": [{"action": "target_request", "reason": 8, "conns": [2]},
                      {"action": "cycles", "cycles": 2, "conditions": "peer_zero_window"}],
-        "faults": {"during": "handoff", "both": {"loss": 0.1}, "down": {"delay": 0.001}},
+        "faults": {"during": "handoff", "both": {"loss": 0.1},
+                   "down": {"delay": 0.001, "fragment": 0.5, "fragment_size": 256,
+                            "fragment_reorder": True}},
         "expect": {"min_handoffs": 3, "kernel_view": True},
     })
     assert scn.connections == 3 and scn.flow_of(2).open == "peer"
@@ -195,6 +224,8 @@ def test_schema_values() -> None:
     assert scn.schedule[0].reason == 8 and scn.schedule[1].conditions == ("peer_zero_window",)
     assert scn.faults.up.loss == 0.1 and scn.faults.down.loss == 0.1
     assert scn.faults.down.delay == 0.001 and scn.faults.up.delay == 0
+    assert (scn.faults.down.fragment, scn.faults.down.fragment_size) == (0.5, 256)
+    assert scn.faults.down.fragment_reorder and not scn.faults.up.fragment
     assert scn.expect.min_handoffs == 3 and scn.expect.kernel_view
 
 

@@ -6,6 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tcpip.checksum import internet_checksum
+from tcpip.ipv4 import parse_ipv4
+from tcpip.reassembly import Reassembler
 from vnic.faults import (
     FaultInjector,
     FaultSpec,
@@ -13,6 +16,7 @@ from vnic.faults import (
     WireFaults,
     all_of,
     any_of,
+    fragment_frame,
     is_tcp,
     tcp_data_only,
     tcp_flow,
@@ -257,3 +261,158 @@ def test_conservation(loss: float, duplicate: float, reorder: float, corrupt: fl
     lengths = sorted(len(f) for f in FRAMES[:n])
     if not loss and not duplicate:
         assert sorted(len(g) for _, g in out) == lengths
+
+
+# ---- fragment: split IPv4 frames into fragments (RFC 791 section 3.2) ---------------------------
+
+def with_ip_checksum(frame: bytes) -> bytes:
+    """tcp_frame with its IPv4 header checksum set (the fragmenter refuses bad headers)."""
+    return frame[:24] + internet_checksum(frame[14:34]).to_bytes(2, "big") + frame[26:]
+
+
+BIG = with_ip_checksum(tcp_frame(77, bytes(range(256)) * 6 + b"tail"))  # 1580 octets of IP
+BIG_IP = parse_ipv4(BIG[14:])
+
+
+def ip_of(frame: bytes) -> object:
+    ip = parse_ipv4(frame[14:])  # checks the header checksum
+    assert internet_checksum(frame[14:14 + ip.header_length]) == 0
+    return ip
+
+
+def reassemble(frames: list[bytes]) -> bytes:
+    r = Reassembler()
+    got = [w for f in frames if (w := r.add(parse_ipv4(f[14:]), 0.0)) is not None]
+    assert len(got) == 1 and len(r) == 0
+    return bytes(got[0].payload)
+
+
+@pytest.mark.parametrize("size", [8, 256, 512, 1496, 1536])
+def test_fragment_frame_sizes_offsets_mf_and_checksums(size: int) -> None:
+    frags = fragment_frame(BIG, size)
+    assert frags is not None
+    payload = bytes(BIG_IP.payload)
+    assert len(frags) == -(-len(payload) // size)
+    pos = 0
+    for i, f in enumerate(frags):
+        assert f[:14] == BIG[:14]  # the Ethernet header copied
+        ip = ip_of(f)
+        assert ip.is_fragment and ip.fragment_offset * 8 == pos
+        assert ip.more_fragments is (i < len(frags) - 1)
+        assert ip.total_length == 20 + len(ip.payload) == len(f) - 14
+        assert len(ip.payload) == (size if i < len(frags) - 1 else len(payload) - pos)
+        assert (ip.identification, ip.ttl, ip.protocol, ip.src, ip.dst) == (
+            BIG_IP.identification, BIG_IP.ttl, BIG_IP.protocol, BIG_IP.src, BIG_IP.dst)
+        assert bytes(ip.payload) == payload[pos:pos + len(ip.payload)]
+        pos += len(ip.payload)
+    assert reassemble(frags) == payload
+
+
+def test_fragment_frame_keeps_df_and_can_reverse() -> None:
+    """A fault injector, not a router: DF set, fragmented anyway, DF kept."""
+    df = bytearray(BIG)
+    df[20] |= 0x40
+    df[24:26] = b"\x00\x00"
+    df[24:26] = internet_checksum(bytes(df[14:34])).to_bytes(2, "big")
+    frags = fragment_frame(bytes(df), 512, reverse=True)
+    assert frags is not None and len(frags) == 4
+    ips = [ip_of(f) for f in frags]
+    assert all(ip.dont_fragment for ip in ips)
+    assert [ip.fragment_offset for ip in ips] == [192, 128, 64, 0]
+    assert reassemble(frags) == bytes(BIG_IP.payload)
+
+
+def test_fragment_frame_leaves_other_frames_alone() -> None:
+    arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\x00" * 28
+    small = with_ip_checksum(tcp_frame(1, b"x" * 40))
+    bad = bytearray(BIG)
+    bad[22] ^= 1  # TTL changed: the header checksum no longer matches
+    assert fragment_frame(arp, 8) is None
+    assert fragment_frame(small, 64) is None  # 60 octets of IP payload fit in 64
+    assert fragment_frame(bytes(bad), 512) is None
+    assert fragment_frame(BIG[:100], 8) is None  # truncated: Total Length beyond the frame
+    with pytest.raises(ValueError):
+        fragment_frame(BIG, 100)
+
+
+def test_fragment_frame_options_and_refragmenting() -> None:
+    from tcpip.ipv4 import build_ipv4
+
+    ra = bytes([0x94, 0x04, 0x00, 0x00])  # Router Alert: copied flag set
+    ts = bytes([0x44, 0x08, 0x05, 0x00]) + bytes(4)  # Timestamp: copied flag clear
+    opts = bytes([0x01]) + ts + ra + bytes(3)  # NOP, TS, RA, EOL padding
+    ip = build_ipv4(bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]), 6, bytes(1000),
+                    identification=9, options=opts)
+    frame = BIG[:14] + ip
+    frags = fragment_frame(frame, 400)
+    assert frags is not None and len(frags) == 3
+    ips = [ip_of(f) for f in frags]
+    assert ips[0].options == opts and ips[1].options == ips[2].options == ra
+    # a fragment fragmented again: offsets add up, the last piece keeps MF
+    again = fragment_frame(frags[1], 200)
+    assert again is not None
+    sub = [ip_of(f) for f in again]
+    assert [x.fragment_offset for x in sub] == [50, 75] and all(x.more_fragments for x in sub)
+    assert reassemble([frags[0], *again, frags[2]]) == bytes(1000)
+
+
+def test_fragment_fault_in_the_injector() -> None:
+    inj = FaultInjector(FaultSpec(fragment=1.0, fragment_size=512, delay=0.01), seed=0)
+    pure_ack = tcp_frame(5, b"")
+    out = inj.apply(BIG, 1.0)
+    assert len(out) == 4 and {t for t, _ in out} == {1.01}
+    assert reassemble([f for _, f in out]) == bytes(BIG_IP.payload)
+    assert inj.apply(pure_ack, 2.0) == [(2.01, pure_ack)]  # fits in 512: as it is
+    c = inj.counters
+    assert (c.frames_in, c.eligible, c.fragmented, c.fragments, c.delivered) == (2, 2, 1, 4, 5)
+
+
+def test_fragment_fault_reorder_duplicate_and_hold() -> None:
+    inj = FaultInjector(FaultSpec(fragment=1.0, fragment_reorder=True, duplicate=1.0), seed=0)
+    out = [f for _, f in inj.apply(BIG, 0.0)]
+    assert len(out) == 8 and out[:4] == out[4:]
+    assert [ip_of(f).fragment_offset for f in out[:4]] == [192, 128, 64, 0]
+    held = FaultInjector(FaultSpec(fragment=1.0, reorder=1.0, reorder_gap=1), seed=0)
+    assert held.apply(BIG, 0.0) == [] and held.held == 4
+    out2 = held.apply(FRAMES[0], 0.0)  # one frame later the whole group is released ...
+    assert len(out2) == 4 and reassemble([f for _, f in out2]) == bytes(BIG_IP.payload)
+    assert held.flush(0.0) == [(0.0, FRAMES[0])]  # ... while that frame was held in turn
+    assert held.counters.delivered == 5
+
+
+def test_fragment_fault_honours_match_window_skip_and_count() -> None:
+    other = with_ip_checksum(tcp_frame(1, bytes(1000), sport=1234, dport=80))
+    inj = FaultInjector(FaultSpec(fragment=1.0, match=tcp_port(5001), start=1.0, stop=2.0,
+                                  skip=1, count=2))
+    assert inj.apply(other, 1.5) == [(1.5, other)]  # not matching
+    assert inj.apply(BIG, 0.5) == [(0.5, BIG)]  # before start
+    assert inj.apply(BIG, 1.0) == [(1.0, BIG)]  # skipped
+    assert len(inj.apply(BIG, 1.1)) == 4
+    assert len(inj.apply(BIG, 1.2)) == 4
+    assert inj.apply(BIG, 1.3) == [(1.3, BIG)]  # count used up
+    assert inj.apply(BIG, 2.0) == [(2.0, BIG)]  # after stop
+    assert inj.counters.fragmented == 2
+
+
+def test_fragment_probability_and_spec_checks() -> None:
+    inj = FaultInjector(FaultSpec(fragment=0.3), seed=4)
+    for i in range(1000):
+        inj.apply(BIG, i * 0.001)
+    assert 230 < inj.counters.fragmented < 370
+    assert inj.counters.fragments == 4 * inj.counters.fragmented  # 1560 octets / 512
+    assert not FaultSpec(fragment=0.1).is_noop and FaultSpec(fragment_size=64).is_noop
+    for bad in (0, 100, -8, 1.5, True):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            FaultSpec(fragment=1.0, fragment_size=bad)  # type: ignore[arg-type]
+    spec = FaultSpec.from_dict({"fragment": 0.5, "fragment_size": 256, "fragment_reorder": True})
+    assert (spec.fragment, spec.fragment_size, spec.fragment_reorder) == (0.5, 256, True)
+
+
+def test_specs_without_fragment_draw_the_same_numbers() -> None:
+    """The fragment draw happens only when `fragment` is set: seeds of existing scenarios
+    replay as before (the same frames for the same seed with and without the new fields)."""
+    spec = FaultSpec(loss=0.1, duplicate=0.1, reorder=0.1, corrupt=0.1)
+    plain = run(FaultInjector(spec, seed=3))
+    ignored = run(FaultInjector(FaultSpec(loss=0.1, duplicate=0.1, reorder=0.1, corrupt=0.1,
+                                          fragment_size=64, fragment_reorder=True), seed=3))
+    assert plain == ignored

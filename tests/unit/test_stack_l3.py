@@ -244,12 +244,24 @@ def test_syn_backlog_is_bounded() -> None:
         (from_peer(ICMP(), src=US_IP), "ip-bad-source"),
         (from_peer(ICMP(), src="224.0.0.1"), "ip-bad-source"),
         (
-            raw(Ether(dst=US_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=US_IP, flags="MF") / ICMP()),
-            "ip-fragment",
+            # RFC 791 3.2: all but the last fragment carry a multiple of 8 octets (here 11)
+            raw(
+                Ether(dst=US_MAC, src=PEER_MAC)
+                / IP(src=PEER_IP, dst=US_IP, flags="MF")
+                / ICMP()
+                / b"abc"
+            ),
+            "ip-frag-bad-length",
         ),
         (
-            raw(Ether(dst=US_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=US_IP, frag=10) / ICMP()),
-            "ip-fragment",
+            # ends at 8191 * 8 + 48 octets: beyond 65535 (RFC 791 3.1)
+            raw(
+                Ether(dst=US_MAC, src=PEER_MAC)
+                / IP(src=PEER_IP, dst=US_IP, frag=8191)
+                / ICMP()
+                / (b"x" * 40)
+            ),
+            "ip-frag-too-big",
         ),
         (
             raw(

@@ -235,6 +235,49 @@ def test_non_tcp_and_corrupt_frames_are_ignored(tmp_path: Path) -> None:
     assert report.ignored == {"bad-tcp-checksum": 1}
 
 
+def test_fragmented_frames_are_reassembled_before_the_checks(tmp_path: Path) -> None:
+    """Over TAP outbound frames are captured after wire faults: with the `fragment` fault the
+    capture holds IPv4 fragments (in any order); the verifier reassembles them and checks the
+    segments as if they had crossed whole.  A datagram that never completes leaves a hole."""
+    from vnic.faults import fragment_frame
+
+    s = Synth(tmp_path / "f.pcapng")
+    write_frame = s.cap.write_frame
+    split: dict[str, int] = {"n": 0}
+
+    def fragmenting(frame: bytes, t: float, comment: str, direction: int | None) -> None:
+        pieces = fragment_frame(frame, 16, reverse=split["n"] % 2 == 1)
+        split["n"] += 1
+        for p in pieces or [frame]:
+            write_frame(p, t, comment, direction)
+
+    s.cap.write_frame = fragmenting  # type: ignore[method-assign]
+    h, p = plain(s)
+    s.digest("host->peer", h)
+    s.digest("peer->host", p)
+    report = s.close()
+    assert report.ok, report.failures
+    assert report.fragments > 10 and report.ignored == {}
+    d = report.connections[CONN].directions
+    assert (d["host->peer"].bytes, d["peer->host"].bytes) == (300, 200)
+    assert "IPv4 fragments" in render_verify(report)
+    # the last fragment of one data segment missing: the stream has a hole
+    s2 = Synth(tmp_path / "g.pcapng")
+    write2 = s2.cap.write_frame
+
+    def lossy(frame: bytes, t: float, comment: str, direction: int | None) -> None:
+        pieces = fragment_frame(frame, 32) or [frame]
+        if len(pieces) > 3 and "dropped" not in split:
+            split["dropped"] = 1
+            pieces = pieces[:-1]
+        for p in pieces:
+            write2(p, t, comment, direction)
+
+    s2.cap.write_frame = lossy  # type: ignore[method-assign]
+    plain(s2)
+    assert "stream-complete" in rules(s2.close())
+
+
 # ---- handoff rules --------------------------------------------------------------------------------
 
 
