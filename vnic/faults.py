@@ -13,7 +13,8 @@ bursts), corrupt (flip a byte, optionally sparing the Ethernet header), truncate
 (split an IPv4 frame into IPv4 fragments, see :func:`fragment_frame`), duplicate, reorder (hold
 the frame back until ``reorder_gap`` later frames passed, or ``reorder_delay``), delay (fixed +
 uniform jitter).  Duplicate, reorder and delay act on a fragmented frame's fragments together
-(both copies, all held, all late); ``fragment_reorder`` sends the fragments last first. ``FaultSpec.match`` restricts everything to frames a predicate
+(both copies, all held, all late); ``fragment_reorder`` sends the fragments last first,
+``fragment_loss`` drops single fragments.  ``FaultSpec.match`` restricts everything to frames a predicate
 accepts (e.g. :func:`tcp_data_only`), ``start``/``stop`` to a time window, ``skip``/``count`` to
 the N matching frames after the first K, and ``FaultInjector.enabled`` switches it at run time
 (e.g. on for the first frames after a connection is handed back).
@@ -60,6 +61,7 @@ class FaultSpec:
     fragment: float = 0.0  # split IPv4 frames into fragments (fragment_frame) ...
     fragment_size: int = 512  # ... of this many payload octets each (a multiple of 8)
     fragment_reorder: bool = False  # send the fragments of a frame in reverse order
+    fragment_loss: float = 0.0  # drop each fragment of a fragmented frame with this probability
     match: FramePredicate | None = None
     start: float | None = None  # only frames put on the wire in [start, stop)
     stop: float | None = None
@@ -108,6 +110,7 @@ class FaultCounters:
     truncated: int = 0
     fragmented: int = 0  # frames split into IPv4 fragments ...
     fragments: int = 0  # ... and the fragments made of them
+    fragments_lost: int = 0  # fragments dropped by fragment_loss (not in `dropped`)
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -360,6 +363,14 @@ class FaultInjector:
                 frames = pieces
                 c.fragmented += 1
                 c.fragments += len(pieces)
+                if s.fragment_loss:
+                    # single fragments lost: the receiver's reassembly times out (RFC 1122
+                    # 3.3.2) and TCP retransmits the whole segment
+                    kept = [f for f in pieces if rnd() >= s.fragment_loss]
+                    c.fragments_lost += len(pieces) - len(kept)
+                    frames = kept
+                    if not kept:
+                        return released
         copies = 2 if s.duplicate and rnd() < s.duplicate else 1
         if copies == 2:
             c.duplicated += 1

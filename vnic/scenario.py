@@ -48,7 +48,8 @@ target holds the connection.
     [faults.both]                 # gilbert = {p, r, loss_good, loss_bad}, start, stop, skip,
     loss = 0.01                   # count, fragment (probability: split an IPv4 frame into
     fragment = 0.5                # fragments of fragment_size payload octets, a multiple of 8,
-    fragment_size = 512           # default 512; fragment_reorder = true: last fragment first)
+    fragment_size = 512           # default 512; fragment_reorder = true: last fragment first;
+                                  # fragment_loss: probability each fragment is dropped)
                                   # ... `during`: "always", "offloaded" (frames of offloaded
                                   # connections), "handoff" (while Offloading/Uploading and the
                                   # first `after_frames` frames of a connection after each change)
@@ -623,7 +624,8 @@ def _parse_faults(c: _Ctx, d: Any) -> FaultsSpec:
     return fs
 
 
-_PROBABILITIES = ("loss", "duplicate", "reorder", "corrupt", "truncate", "fragment")
+_PROBABILITIES = ("loss", "duplicate", "reorder", "corrupt", "truncate", "fragment",
+                  "fragment_loss")
 _BOOLEANS = ("corrupt_keep_ethernet", "fragment_reorder")
 
 

@@ -416,3 +416,30 @@ def test_specs_without_fragment_draw_the_same_numbers() -> None:
     ignored = run(FaultInjector(FaultSpec(loss=0.1, duplicate=0.1, reorder=0.1, corrupt=0.1,
                                           fragment_size=64, fragment_reorder=True), seed=3))
     assert plain == ignored
+
+
+def test_fragment_loss_drops_single_fragments() -> None:
+    inj = FaultInjector(FaultSpec(fragment=1.0, fragment_size=512, fragment_loss=0.5), seed=3)
+    kept_counts = []
+    for i in range(200):
+        out = inj.apply(BIG, float(i))
+        kept = [f for _, f in out]
+        kept_counts.append(len(kept))
+        offsets = [parse_ipv4(memoryview(f)[14:]).fragment_offset for f in kept]
+        assert offsets == sorted(set(offsets))  # whole fragments, in order, none twice
+    c = inj.counters
+    assert c.fragmented == 200 and c.fragments == 800
+    assert c.fragments_lost == 800 - sum(kept_counts)
+    assert 300 < c.fragments_lost < 500  # about half
+    assert 0 in kept_counts and 4 in kept_counts  # all lost, none lost: both happen
+    assert c.delivered == sum(kept_counts) and c.dropped == 0
+    with pytest.raises(ValueError):
+        FaultSpec.from_dict({"fragment_loss": 0.5, "fragment_lost": 1})
+
+
+def test_fragment_loss_needs_no_draw_when_zero() -> None:
+    # the draws for fragment_loss happen only when it is set: existing seeds replay exactly
+    a = FaultInjector(FaultSpec(fragment=0.5, duplicate=0.3, fragment_size=512), seed=9)
+    b = FaultInjector(FaultSpec(fragment=0.5, duplicate=0.3, fragment_size=512,
+                                fragment_loss=0.0), seed=9)
+    assert [a.apply(BIG, float(i)) for i in range(50)] == [b.apply(BIG, float(i)) for i in range(50)]
