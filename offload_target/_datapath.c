@@ -90,6 +90,7 @@ enum {
 enum { UR_RECEIVED_URGENT_DATA = 5, UR_TIMEOUT_EXPIRATION = 8, UR_UPLOAD_REQUESTED = 10 };
 /* TCP_OFFLOAD_STATE_CONST / _CACHED flags */
 #define TCP_FLAG_TIMESTAMP_ENABLED 0x01
+#define TCP_FLAG_SACK_ENABLED 0x02
 #define TCP_FLAG_WINDOW_SCALING_ENABLED 0x04
 #define TCP_FLAG_KEEP_ALIVE_ENABLED 0x01
 #define TCP_FLAG_NAGLING_ENABLED 0x02
@@ -102,6 +103,8 @@ enum { UR_RECEIVED_URGENT_DATA = 5, UR_TIMEOUT_EXPIRATION = 8, UR_UPLOAD_REQUEST
 #define TH_URG 0x20
 
 #define DP_OOO_LIMIT 64             /* largest ooo_segments configure() accepts */
+#define DP_SACK_BLOCKS_TS 3         /* RFC 2018 section 3: SACK blocks that fit beside the */
+#define DP_SACK_BLOCKS_NO_TS 4      /* timestamp option (40 - 12 - 4) / 8, and without it */
 #define DP_RING_MIN 4096u           /* first allocation of a send / receive ring (bytes) */
 #define DP_MAX_CWND 0x3FFFFFFFu
 /* largest tso_max configure() accepts: a super-segment's IPv4 total length must fit 16 bits
@@ -112,6 +115,8 @@ enum { UR_RECEIVED_URGENT_DATA = 5, UR_TIMEOUT_EXPIRATION = 8, UR_UPLOAD_REQUEST
 
 typedef struct {
     uint32_t seq, end;              /* out-of-order bytes [seq, end) are in the receive ring */
+    uint32_t stamp;                 /* ct_conn.sack_clock when a segment last arrived in the
+                                     * range (the newest range has the largest; SACK order) */
 } dp_range;
 
 typedef struct {
@@ -148,6 +153,7 @@ typedef struct ct_conn {
 
     dp_range ooo[DP_OOO_LIMIT];
     uint32_t nooo;
+    uint32_t sack_clock;            /* last dp_range.stamp handed out */
     uint32_t rcv_fin_seq;           /* sequence number of an out-of-order FIN */
 
     uint32_t snd_wl2;               /* SND.WL2 (not in the NDIS state; starts at SND.UNA) */
@@ -200,7 +206,8 @@ typedef struct {
          * retransmitted ones among them, segments sent with RST */
         in_octets, out_octets, segments_out, retransmitted_segments, rsts_out,
         resets_established,     /* ESTABLISHED / CLOSE-WAIT -> CLOSED by a RST (in or out) */
-        ip_options;             /* frames of offloaded connections with IP options: up (T.9) */
+        ip_options,             /* frames of offloaded connections with IP options: up (T.9) */
+        sack_frames_out;        /* frames sent with a SACK option (RFC 2018) */
 } dp_counters_t;
 
 struct ct_dp {
@@ -678,8 +685,41 @@ wire_segments(const ct_conn *c, uint32_t dlen)
     return (dlen > c->mss && c->mss) ? (dlen + c->mss - 1u) / c->mss : 1u;
 }
 
+/* Up to n of the out-of-order ranges for a SACK option, newest stamp first (RFC 2018
+ * section 4: the block holding the most recently received segment, then the blocks that were
+ * first in the most recent earlier options -- the ranges in the order segments last arrived
+ * in them; ranges merged by a later segment are one block, reported as new).  Returns how
+ * many were copied to out. */
+static uint32_t
+sack_select(const ct_conn *c, uint32_t n, dp_range *out)
+{
+    uint32_t k = 0;
+    uint32_t below = UINT32_MAX;       /* stamps are distinct and never UINT32_MAX */
+    for (; k < n; k++) {
+        const dp_range *best = NULL;
+        for (uint32_t m = 0; m < c->nooo; m++) {
+            const dp_range *r = &c->ooo[m];
+            if (r->stamp < below && (best == NULL || r->stamp > best->stamp)) {
+                best = r;
+            }
+        }
+        if (best == NULL) {
+            break;
+        }
+        out[k] = *best;
+        below = best->stamp;
+    }
+    return k;
+}
+
 /* Build one frame (headers from TCP -> path -> neighbor state) and append it to out.
- * dlen bytes of send data from ring offset doff.  Returns 0, or -1 with MemoryError. */
+ * dlen bytes of send data from ring offset doff.  Returns 0, or -1 with MemoryError.
+ *
+ * With SACK negotiated (ConstFlags) and out-of-order data held, every ACK-carrying frame but
+ * a RST carries a SACK option after the timestamp option (NOP NOP 5 len blocks, as
+ * tcpip/tcp_segment.py lays it out): up to 3 blocks beside timestamps, 4 without (40 bytes of
+ * options).  A data frame carries only the blocks that fit with its data in the MSS (options
+ * count against it, RFC 6691): none on a full-sized or TSO frame. */
 static int
 emit(CTable *t, uint32_t idx, ct_conn *c, uint32_t seq, uint32_t doff, uint32_t dlen,
      uint8_t flags, uint64_t now, PyObject *out)
@@ -689,7 +729,18 @@ emit(CTable *t, uint32_t idx, ct_conn *c, uint32_t seq, uint32_t doff, uint32_t 
     const int tagged = c->vlan_id != 0 || s->UserPriority != 0;
     const int ts = (s->ConstFlags & TCP_FLAG_TIMESTAMP_ENABLED) != 0;
     const uint32_t l2 = tagged ? 18 : 14;
-    const uint32_t thl = 20 + (ts ? 12 : 0);
+    dp_range sack[DP_SACK_BLOCKS_NO_TS];
+    uint32_t nsack = 0;
+    if ((s->ConstFlags & TCP_FLAG_SACK_ENABLED) && c->nooo
+        && (flags & (TH_ACK | TH_RST)) == TH_ACK) {
+        uint32_t n = ts ? DP_SACK_BLOCKS_TS : DP_SACK_BLOCKS_NO_TS;
+        if (dlen) {
+            n = umin(n, c->mss >= dlen + 12 ? (c->mss - dlen - 4) / 8 : 0);
+        }
+        nsack = sack_select(c, n, sack);
+    }
+    const uint32_t sopt = 20 + (ts ? 12 : 0);  /* where the SACK option starts */
+    const uint32_t thl = sopt + (nsack ? 4 + 8 * nsack : 0);
     const uint32_t tcplen = thl + dlen;
     const uint32_t total = l2 + 20 + tcplen;
 
@@ -737,6 +788,18 @@ emit(CTable *t, uint32_t idx, ct_conn *c, uint32_t seq, uint32_t doff, uint32_t 
         th[23] = 10;
         wr32(th + 24, (uint32_t)now + c->ts_delta);
         wr32(th + 28, s->TsRecent);
+    }
+    if (nsack) {
+        uint8_t *o = th + sopt;
+        o[0] = 1;
+        o[1] = 1;
+        o[2] = 5;
+        o[3] = (uint8_t)(2 + 8 * nsack);
+        for (uint32_t k = 0; k < nsack; k++) {
+            wr32(o + 4 + 8 * k, sack[k].seq);
+            wr32(o + 8 + 8 * k, sack[k].end);
+        }
+        dp->cnt.sack_frames_out++;
     }
     if (dlen) {
         ring_read(c->sbuf, c->ssize, c->shead, doff, th + thl, dlen);
@@ -1341,10 +1404,33 @@ ack_process(CTable *t, uint32_t idx, ct_conn *c, const dp_seg *g, uint64_t now, 
     return 0;
 }
 
+/* The next SACK recency stamp: 1, 2, ... (0 and UINT32_MAX are never handed out; sack_select
+ * relies on it).  Before the clock would reach UINT32_MAX (2^32 out-of-order arrivals on one
+ * connection) the live ranges are renumbered 1..nooo in their current order. */
+static uint32_t
+sack_stamp(ct_conn *c)
+{
+    if (c->sack_clock >= UINT32_MAX - 1) {
+        uint32_t rank[DP_OOO_LIMIT];
+        for (uint32_t k = 0; k < c->nooo; k++) {
+            rank[k] = 1;
+            for (uint32_t m = 0; m < c->nooo; m++) {
+                rank[k] += c->ooo[m].stamp < c->ooo[k].stamp;
+            }
+        }
+        for (uint32_t k = 0; k < c->nooo; k++) {
+            c->ooo[k].stamp = rank[k];  /* stamps are distinct: ranks are 1..nooo */
+        }
+        c->sack_clock = c->nooo;
+    }
+    return ++c->sack_clock;
+}
+
 static int
 ooo_insert(ct_dp *dp, ct_conn *c, uint32_t seq, uint32_t end)
 {
-    /* ranges sorted by seq, disjoint and non-adjacent */
+    /* ranges sorted by seq, disjoint and non-adjacent; the range the new bytes end up in gets
+     * the newest stamp (RFC 2018 section 4: its block goes first in the next SACK option) */
     uint32_t i = 0;
     while (i < c->nooo && seq_lt(c->ooo[i].end, seq)) {
         i++;
@@ -1363,6 +1449,7 @@ ooo_insert(ct_dp *dp, ct_conn *c, uint32_t seq, uint32_t end)
         }
         c->ooo[i].seq = seq;
         c->ooo[i].end = end;
+        c->ooo[i].stamp = sack_stamp(c);
         memmove(&c->ooo[i + 1], &c->ooo[j], (c->nooo - j) * sizeof(dp_range));
         c->nooo -= j - i - 1;
         return 1;
@@ -1370,9 +1457,11 @@ ooo_insert(ct_dp *dp, ct_conn *c, uint32_t seq, uint32_t end)
     if (c->nooo >= dp->ooo_max) {
         return 0;
     }
+    uint32_t stamp = sack_stamp(c);
     memmove(&c->ooo[i + 1], &c->ooo[i], (c->nooo - i) * sizeof(dp_range));
     c->ooo[i].seq = seq;
     c->ooo[i].end = end;
+    c->ooo[i].stamp = stamp;
     c->nooo++;
     return 1;
 }
@@ -2941,7 +3030,7 @@ dp_counters(CTable *self, PyObject *Py_UNUSED(ignored))
         "fast_retransmits", "timeouts", "window_probes", "keepalive_probes", "acks_out",
         "ts_missing", "tso_frames_out", "rcv_alloc_drops", "in_octets", "out_octets",
         "segments_out", "retransmitted_segments", "rsts_out", "resets_established",
-        "ip_options"};
+        "ip_options", "sack_frames_out"};
     dp_counters_t zero;
     memset(&zero, 0, sizeof(zero));
     const dp_counters_t *cn = self->dp ? &self->dp->cnt : &zero;
@@ -3100,6 +3189,16 @@ ct_dp_validate(CTable *t)
             }
             if (k && !seq_gt(r->seq, c->ooo[k - 1].end)) {
                 FAIL("slot %u: out-of-order ranges overlap or are unsorted", (unsigned)i);
+            }
+            if (r->stamp == 0 || r->stamp > c->sack_clock) {
+                FAIL("slot %u: out-of-order range %u has SACK stamp %u (clock %u)", (unsigned)i,
+                     (unsigned)k, (unsigned)r->stamp, (unsigned)c->sack_clock);
+            }
+            for (uint32_t m = 0; m < k; m++) {
+                if (c->ooo[m].stamp == r->stamp) {
+                    FAIL("slot %u: out-of-order ranges %u and %u share SACK stamp %u",
+                         (unsigned)i, (unsigned)m, (unsigned)k, (unsigned)r->stamp);
+                }
             }
         }
         if (rcv_live(s, c) > c->rsize) {
