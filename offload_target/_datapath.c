@@ -65,7 +65,12 @@
  *
  * Out-of-order data is queued (T.9 requires out-of-order queuing), bounded by ooo_segments
  * ranges per connection; a segment that would need one more range is dropped and counted
- * (the peer retransmits it).  SACK is never sent (the option is ignored on input, T.9).
+ * (the peer retransmits it).  With SACK negotiated (ConstFlags TCP_FLAG_SACK_ENABLED) every
+ * ACK-carrying frame but a RST sent while out-of-order data is held carries SACK blocks
+ * (RFC 2018): the held ranges, the one holding the most recently received segment first, then
+ * the others by their last arrival (section 4), 3 beside timestamps, 4 without; data frames
+ * only those that fit in the MSS (see emit()).  The peer's SACK blocks are ignored on input
+ * (no SACK-based recovery, T.9).
  */
 
 #include "_ctable.h"

@@ -29,9 +29,10 @@ pytestmark = pytest.mark.skipif(not table_mod.HAS_DATAPATH,
                                 reason="the C data path is not built")
 
 RCV0, SND0 = 0xFFFFF000, 0x7FFFFF00
-# (local port, vlan, ConstFlags, window scale, CachedFlags)
-CONNS = [(1000, 0, 0x05, 0, 0x03), (1001, 0, 0x00, 0, 0x00), (1002, 7, 0x05, 7, 0x01),
-         (1003, 0, 0x04, 14, 0x02)]
+# (local port, vlan, ConstFlags, window scale, CachedFlags); ConstFlags 0x02 = SACK (the data
+# path sends SACK blocks while it holds out-of-order data)
+CONNS = [(1000, 0, 0x07, 0, 0x03), (1001, 0, 0x02, 0, 0x00), (1002, 7, 0x05, 7, 0x01),
+         (1003, 0, 0x04, 14, 0x02), (1004, 0, 0x00, 0, 0x00)]
 RPORT = 80
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -59,7 +60,16 @@ def check_output(frames) -> None:
         eth = parse_ethernet(f)
         ip = parse_ipv4(eth.payload)
         assert ip.dont_fragment and 0x8000 <= ip.identification <= 0xFFFF
-        parse_tcp(ip.payload, ip.src, ip.dst)                  # checksum verified
+        seg = parse_tcp(ip.payload, ip.src, ip.dst)            # checksum verified
+        # options + data within the peer's MSS (RemoteMss 536; RFC 6691)
+        assert len(ip.payload) - 20 <= 536 or not seg.payload
+        blocks = seg.options.sack_blocks
+        assert len(blocks) <= (3 if seg.options.timestamp is not None else 4)
+        if blocks:
+            lport = seg.src_port
+            assert [c for c in CONNS if c[0] == lport][0][2] & 0x02   # negotiated only
+            for left, right in blocks:
+                assert 0 < (left - seg.ack) % 2**32 < (right - seg.ack) % 2**32 < 2**31
 
 
 def fix_checksums(frame: bytes) -> bytes:

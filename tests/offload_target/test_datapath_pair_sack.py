@@ -52,7 +52,7 @@ class Tap:
             assert seq_diff(right, b.snd_max) <= 0          # that B has sent
             spans.append((lo, hi))
         spans.sort()
-        for (_, e), (s, _) in zip(spans, spans[1:]):
+        for (_, e), (s, _) in zip(spans, spans[1:], strict=False):
             assert e < s                                   # disjoint, not adjacent
 
 
