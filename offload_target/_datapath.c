@@ -10,6 +10,7 @@
  *     def process_frame(frame, now):                       # -> FRAME_* (an int, nothing else)
  *         eth/vlan/ipv4/tcp = parse(frame)                  # lengths, IP + TCP checksums
  *         if not ipv4_tcp or key not in table:  return FRAME_NOT_OURS
+ *         if terminating and SACK and seg has data beyond RCV.NXT:  drop (d.3 step 3)
  *         if malformed or ip_options or not active or terminating or urgent or
  *            state in (CLOSED, TIME_WAIT):       return FRAME_PASS_UP
  *         return tcp_input(conn, seg, now)                  # RFC 9293 3.10.7.4 + RFC 5961
@@ -212,7 +213,8 @@ typedef struct {
         in_octets, out_octets, segments_out, retransmitted_segments, rsts_out,
         resets_established,     /* ESTABLISHED / CLOSE-WAIT -> CLOSED by a RST (in or out) */
         ip_options,             /* frames of offloaded connections with IP options: up (T.9) */
-        sack_frames_out;        /* frames sent with a SACK option (RFC 2018) */
+        sack_frames_out,        /* frames sent with a SACK option (RFC 2018) */
+        terminate_sack_drops;   /* data dropped during a terminate with SACK in use (d.3) */
 } dp_counters_t;
 
 struct ct_dp {
@@ -1839,6 +1841,14 @@ process_one(CTable *t, const uint8_t *p, Py_ssize_t n, uint64_t now)
     g.plen = tcplen - thl;
 
     ct_slot *s = &t->slots[idx];
+    if (c->terminating && (s->ConstFlags & TCP_FLAG_SACK_ENABLED) && g.plen > 0
+        && seq_gt(g.seq + g.plen, s->RcvNxt)) {
+        /* d.3 step 3: with SACK in use, data arriving during the terminate that no cumulative
+         * ACK covers is dropped -- neither indicated nor ACKed; the peer sends it again, to
+         * the host (what the target SACKed and held out of order is not handed over either) */
+        dp->cnt.terminate_sack_drops++;
+        return FRAME_CONSUMED;
+    }
     if (c->terminating || c->urgent || s->State == ST_CLOSED || s->State == ST_TIME_WAIT
         || s->State < ST_ESTABLISHED || s->State > ST_LAST_ACK) {
         return FRAME_PASS_UP;
@@ -3035,7 +3045,7 @@ dp_counters(CTable *self, PyObject *Py_UNUSED(ignored))
         "fast_retransmits", "timeouts", "window_probes", "keepalive_probes", "acks_out",
         "ts_missing", "tso_frames_out", "rcv_alloc_drops", "in_octets", "out_octets",
         "segments_out", "retransmitted_segments", "rsts_out", "resets_established",
-        "ip_options", "sack_frames_out"};
+        "ip_options", "sack_frames_out", "terminate_sack_drops"};
     dp_counters_t zero;
     memset(&zero, 0, sizeof(zero));
     const dp_counters_t *cn = self->dp ? &self->dp->cnt : &zero;

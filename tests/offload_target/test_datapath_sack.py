@@ -17,6 +17,7 @@ from tests.offload_target.test_datapath import (
     ACK,
     C_TS,
     CONSUMED,
+    PASS_UP,
     RCV0,
     SND0,
     F,
@@ -234,3 +235,27 @@ def test_small_mss_leaves_no_room_on_data_frames():
     r.rx(chunk(r, 2))                          # a duplicate: the ACK has the block
     [o] = r.poll()
     assert o.seg.payload == b"" and rel(o.seg.options.sack_blocks) == [(200, 300)]
+
+
+def test_terminate_with_sack_drops_data_no_cumulative_ack_covers():
+    # d.3 step 3: "If SACK is in use, drop (do not indicate, do not ACK) any received data not
+    # yet covered by a cumulative ACK"; old data and segments without data still go up
+    r = sack_rig()
+    r.rx(r.seg(b"first"))
+    r.t.flush_acks(r.h)
+    r.t.set_terminating(r.h)
+    before = r.t.datapath_counters()["terminate_sack_drops"]
+    assert r.rx(r.seg(b"new data")) == CONSUMED            # beyond RCV.NXT: dropped
+    assert r.rx(chunk(r, 30)) == CONSUMED                   # out of order: dropped as well
+    assert r.t.datapath_counters()["terminate_sack_drops"] == before + 2
+    assert r.rx(r.seg(b"first", seq=RCV0, advance=False)) == PASS_UP   # covered: up
+    assert r.rx(r.seg()) == PASS_UP                         # no data: up
+    assert r.poll(100_000) == []                            # and nothing ACKed
+    assert r.field("RcvNxt") == add(RCV0, 5)
+
+
+def test_terminate_without_sack_passes_everything_up():
+    r = sack_rig(sack=False)
+    r.t.set_terminating(r.h)
+    assert r.rx(r.seg(b"new data")) == PASS_UP
+    assert r.t.datapath_counters()["terminate_sack_drops"] == 0
