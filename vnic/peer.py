@@ -377,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause-for", type=float, default=1.0, help="... for this many seconds")
     p.add_argument("--abort-after", type=int, help="RST after receiving this many bytes")
     p.add_argument("--close", choices=["auto", "first", "wait", "rst"], default="auto")
+    p.add_argument("--cpu", type=int, metavar="N",
+                   help="run on CPU N only (sched_setaffinity; benchmarks: see vnic.bench_offload)")
     p.add_argument("--rcvbuf", type=int, default=0)
     p.add_argument("--sndbuf", type=int, default=0)
     p.add_argument("--nodelay", action="store_true")
@@ -394,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.cpu is not None:
+        # before any thread starts: the connection threads inherit it
+        try:
+            os.sched_setaffinity(0, {a.cpu})
+        except (OSError, ValueError) as exc:
+            _emit({"event": "error", "error": f"--cpu {a.cpu}: {exc}"})
+            return 2
     if a.mode == "ping":
         if not a.connect:
             _emit({"event": "error", "error": "ping needs --connect HOST"})
