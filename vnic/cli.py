@@ -49,6 +49,18 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def fragment_size(text: str) -> int:
+    """argparse type: IPv4 fragment payload size, a positive multiple of 8 (RFC 791 3.1)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 8 or n % 8:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive multiple of 8 (fragment offsets count 8-octet units): {text!r}")
+    return n
+
+
 def probability(text: str) -> float:
     """Accept ``0.01`` or ``1%``."""
     try:
@@ -85,7 +97,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     options = transfer.TransferOptions(
         size=args.bytes, direction=args.direction, connections=args.connections,
-        loss=args.loss, reorder=args.reorder, duplicate=args.duplicate, seed=args.seed,
+        loss=args.loss, reorder=args.reorder, duplicate=args.duplicate,
+        fragment=args.fragment, fragment_size=args.fragment_size, seed=args.seed,
         sim=args.sim, pcap=args.pcap, timeout=args.timeout, tap_offload=args.tap_offload,
         progress=None if args.json else _progress_printer())
     result = transfer.run_transfer(options)
@@ -245,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a frame is held back behind later ones")
     p.add_argument("--duplicate", type=probability, default=0.0, metavar="P",
                    help="probability that a frame is delivered twice")
+    p.add_argument("--fragment", type=probability, default=0.0, metavar="P",
+                   help="probability that an IPv4 frame is split into IP fragments (each "
+                        "direction; the host stack and the kernel reassemble them)")
+    p.add_argument("--fragment-size", type=fragment_size, default=512, metavar="N",
+                   help="payload octets per fragment, a multiple of 8 (default 512)")
     p.add_argument("--seed", type=int, default=1, metavar="S",
                    help="seed for faults, ISNs and payload (default 1)")
     p.add_argument("--sim", action="store_true",

@@ -46,6 +46,8 @@ class TransferOptions:
     loss: float = 0.0
     reorder: float = 0.0
     duplicate: float = 0.0
+    fragment: float = 0.0  # probability a frame is split into IPv4 fragments (vnic.faults)
+    fragment_size: int = 512  # payload octets per fragment (a multiple of 8)
     seed: int = 1
     sim: bool = False
     pcap: str | None = None
@@ -63,9 +65,10 @@ class TransferOptions:
         return self.direction in ("down", "both")
 
     def wire_faults(self) -> WireFaults | None:
-        if not (self.loss or self.reorder or self.duplicate):
+        if not (self.loss or self.reorder or self.duplicate or self.fragment):
             return None
-        spec = FaultSpec(loss=self.loss, reorder=self.reorder, duplicate=self.duplicate)
+        spec = FaultSpec(loss=self.loss, reorder=self.reorder, duplicate=self.duplicate,
+                         fragment=self.fragment, fragment_size=self.fragment_size)
         return WireFaults.from_specs(spec, dataclasses.replace(spec), seed=self.seed)
 
 
@@ -205,6 +208,7 @@ def _summarise(opts: TransferOptions, mode: str, sides: list[HostSide],
         "bytes_per_connection": opts.size,
         "connections": conns,
         "faults": {"loss": opts.loss, "reorder": opts.reorder, "duplicate": opts.duplicate,
+                   "fragment": opts.fragment, "fragment_size": opts.fragment_size,
                    "seed": opts.seed},
         "seconds": round(wall, 3),
         "total_mbytes_per_s": round(total / max(wall, 1e-9) / 1e6, 3),

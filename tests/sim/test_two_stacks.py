@@ -365,6 +365,8 @@ BAD_INPUTS = [
     (["--bytes", "12XB"], "--bytes"),
     (["--loss", "2"], "--loss"),
     (["--connections", "0"], "--connections"),
+    (["--fragment-size", "100"], "--fragment-size"),
+    (["--fragment", "1.5"], "--fragment"),
 ]
 
 
@@ -421,3 +423,18 @@ def test_transfer_verdict_ignores_a_reset_after_the_application_finished() -> No
     assert late["intact"] and late["rsts_in"] == 0 and late["late_rsts_in"] == 1
     early = report((1, 0), 1)
     assert not early["intact"] and early["rsts_in"] == 1 and early["late_rsts_in"] == 0
+
+
+def test_transfer_with_fragments_reassembles_byte_exact(capsys: pytest.CaptureFixture[str]) -> None:
+    """``vnic transfer --fragment``: both directions' frames split into IPv4 fragments on the
+    wire; both stacks reassemble them and every stream arrives intact."""
+    import json
+
+    rc = _run_cli(["transfer", "--sim", "--bytes", "512KiB", "--fragment", "0.5",
+                   "--fragment-size", "256", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["intact"]
+    assert result["faults"]["fragment"] == 0.5 and result["faults"]["fragment_size"] == 256
+    wire = result["wire"]  # more frames arrived than were sent: the fragments
+    assert wire["delivered_to_b"] > 2 * wire["frames_a_to_b"]
+    assert wire["delivered_to_a"] > 2 * wire["frames_b_to_a"]
