@@ -12,7 +12,7 @@ import pytest
 from offload_target import table as table_mod
 from tcpip.seq import seq_diff
 from tcpip.tcp import TcpConfig
-from tests.offload_target.test_datapath_pair import Pair, from_frame, payload
+from tests.offload_target.test_datapath_pair import Pair, exchange, from_frame, payload
 
 pytestmark = pytest.mark.skipif(not table_mod.HAS_DATAPATH,
                                 reason="the C data path is not built")
@@ -57,23 +57,7 @@ class Tap:
 
 
 def run_bulk(p: Pair, n_a: int, n_b: int) -> None:
-    a_data = payload(p.rng, n_a)
-    b_data = payload(p.rng, n_b)
-    a_off = b_off = 0
-
-    def feed() -> bool:
-        nonlocal a_off, b_off
-        if a_off < len(a_data) and p.t.send_unacked(p.h) < 100_000:
-            n = min(len(a_data) - a_off, p.rng.randint(1, 40_000))
-            a_off += p.t.send_append(p.h, a_data[a_off:a_off + n])
-        if b_off < len(b_data):
-            b_off += p.b.send(b_data[b_off:b_off + p.rng.randint(1, 40_000)])
-        return len(p.b_rx) == len(a_data) and len(p.a_rx) == len(b_data) \
-            and p.t.send_unacked(p.h) == 0
-
-    p.run(feed)
-    assert bytes(p.b_rx) == a_data
-    assert bytes(p.a_rx) == b_data
+    exchange(p, payload(p.rng, n_a), payload(p.rng, n_b))
 
 
 @pytest.mark.parametrize("timestamps", [True, False])
