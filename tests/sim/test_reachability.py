@@ -78,18 +78,24 @@ def test_nic_progress_confirms_the_aging_entry_without_probes_or_uploads() -> No
     rig.assert_clean()
 
 
-def test_silent_peer_gets_the_neighbor_invalidated_and_the_connection_uploaded() -> None:
-    # the peer's frames (data, ACKs and ARP replies) are dropped while b_to_a is enabled
+def _silent_peer_rig(seed: int) -> tuple[OffloadRig, WireFaults, Any, Any, Any]:
+    """An offloaded connection whose peer's frames (data, ACKs and ARP replies) are all
+    dropped while ``faults.b_to_a`` is enabled (it starts disabled); the target may retransmit
+    15 times, so the NIC keeps sending past NceStaleTicks (the default 5 would end in a
+    TimeoutExpiration upload first)."""
     faults = WireFaults.from_specs(None, FaultSpec(loss=1.0))
     faults.b_to_a.enabled = False
-    # enough retransmissions that the NIC keeps sending past NceStaleTicks (the default 5
-    # would end in TimeoutExpiration first)
     params = NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS(TicksPerSecond=1000,
                                                     TcpMaximumRetransmissions=15)
-    rig = OffloadRig(72, faults=faults, params=params)
+    rig = OffloadRig(seed, faults=faults, params=params)
     h, p = rig.pair(keep_open=True)
     sock = rig.sock(h)
     rig.offload(sock)
+    return rig, faults, h, p, sock
+
+
+def test_silent_peer_gets_the_neighbor_invalidated_and_the_connection_uploaded() -> None:
+    rig, faults, h, p, sock = _silent_peer_rig(72)
     reasons = _upload_reasons(rig)
     first, second = _blob(1, 100_000), _blob(2, 100_000)
     h.write_more(first)
@@ -122,14 +128,7 @@ def test_the_host_answers_a_query_with_its_clock_at_the_nics_time() -> None:
     # retransmission timer makes the NIC send (the host has nothing to do, so its clock was
     # last set at an earlier pass), the host must already be at the NIC's time: else the T.7
     # follow-up is timed from that earlier pass, up to a backed-off RTO early.
-    faults = WireFaults.from_specs(None, FaultSpec(loss=1.0))
-    faults.b_to_a.enabled = False
-    params = NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS(TicksPerSecond=1000,
-                                                    TcpMaximumRetransmissions=15)
-    rig = OffloadRig(74, faults=faults, params=params)
-    h, p = rig.pair(keep_open=True)
-    sock = rig.sock(h)
-    rig.offload(sock)
+    rig, faults, h, p, sock = _silent_peer_rig(74)
     h.write_more(_blob(7, 50_000))
     rig.run_until(lambda: len(p.got) == 50_000, 30.0)
     faults.b_to_a.enabled = True  # silent peer: the NIC's RTO timer drives its sends
