@@ -143,6 +143,11 @@ def tcp_data_only(frame: bytes) -> bool:
     return ip_total - ip_hlen - tcp_hlen > 0
 
 
+def tcp_control_only(frame: bytes) -> bool:
+    """IPv4/TCP frames without payload: pure ACKs, SYN/FIN/RST without data (not ARP)."""
+    return _tcp_offset(frame) is not None and not tcp_data_only(frame)
+
+
 def tcp_port(port: int) -> FramePredicate:
     """TCP frames to or from ``port``."""
 

@@ -42,7 +42,14 @@ from tcpip.offload_socket import OffloadState, TcpSocket
 from tcpip.seq import seq_ge
 from tcpip.stack import HostStack
 from tcpip.tcp import TcpConfig
-from vnic.faults import FaultInjector, FaultSpec, WireFaults
+from vnic.faults import (
+    FaultInjector,
+    FaultSpec,
+    FramePredicate,
+    WireFaults,
+    tcp_control_only,
+    tcp_data_only,
+)
 from vnic.offload_lab import TARGET_IP_ID_MIN, OffloadHost, WireWatch, build_offload_host
 from vnic.payload import PayloadStream, StreamDigest, connection_seed
 from vnic.scenario import LOSS_RULES, Scenario, ScheduleEntry
@@ -57,6 +64,9 @@ EXIT_OK, EXIT_FAILED = 0, 1
 Progress = Callable[[str], None]
 LiveView = Callable[[list[dict[str, Any]], dict[str, Any]], None]
 _OFFLOADABLE = {"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK"}
+# [faults] frames = ...: which frames the wire faults may touch ("any": no predicate)
+_FRAME_KIND: dict[str, FramePredicate] = {"data": tcp_data_only, "control": tcp_control_only}
+_DIRECTION_NAMES = ("a_to_b", "b_to_a")  # WireFaults' injectors: host -> peer, peer -> host
 _MANDATORY = sorted(int(r) for r in MANDATORY_UPLOAD_REASONS)
 
 
@@ -114,6 +124,15 @@ class ConnRun:
         # fault gating (during = "handoff"): last state seen by each direction's predicate
         self.gate_state = [OffloadState.IN_HOST, OffloadState.IN_HOST]
         self.gate_left = [0, 0]
+        # times the connection entered each state (from the chimney's events, synchronously,
+        # so a state no frame was sent in still opens a window) ...
+        self.entered = {OffloadState.OFFLOADING: 0, OffloadState.OFFLOADED: 0,
+                        OffloadState.UPLOADING: 0}
+        # ... the entry each direction's predicate last opened a window for, and the eligible
+        # frames it saw in that window (faults.nth)
+        self.gate_window = [0, 0]
+        self.gate_nth_window = [-1, -1]
+        self.gate_seen = [0, 0]
 
     @property
     def progress(self) -> int:
@@ -281,6 +300,9 @@ class Controller:
         self._last_progress = time.monotonic()
         self.hold = 0.02  # app_not_reading: how long the app stops reading before the handoff
         self.injectors: list[FaultInjector] = []
+        # the fault gate (faults.during other than "always"), per direction: windows that saw a
+        # frame of the kind faults.frames, frames handed to the injector
+        self.gate_stats = {n: {"windows": 0, "targeted": 0} for n in _DIRECTION_NAMES}
         self.watch: WireWatch | None = oh.watch
         self.sampler: SeqSampler | None = None
         self.target_faults: list[dict[str, Any]] = []  # target_fault entries as applied
@@ -354,7 +376,12 @@ class Controller:
         def observe(event: str, info: dict[str, Any]) -> None:
             st = self._PHASE_OF_EVENT.get(event)
             if st is not None:
-                self._seen_states.setdefault(info.get("key"), []).append((self.clock(), st))
+                key = info.get("key")
+                self._seen_states.setdefault(key, []).append((self.clock(), st))
+                if st is not OffloadState.IN_HOST:
+                    for c in self.conns:
+                        if c.sock is not None and c.sock.key == key:
+                            c.entered[st] += 1
 
         self.oh.chimney.observers.append(observe)
 
@@ -737,18 +764,66 @@ class Controller:
     # -- faults aimed at offload phases ---------------------------------------------------------
     def install_fault_gates(self, faults: WireFaults | None) -> None:
         fs = self.scn.faults
-        if faults is None or fs.during == "always":
+        if faults is None:
+            return
+        if fs.during == "always":
+            kind = _FRAME_KIND.get(fs.frames)
+            if kind is not None:  # frames = "data" | "control" on the whole run
+                for inj in (faults.a_to_b, faults.b_to_a):
+                    inj.spec.match = kind
             return
         self.injectors = [faults.a_to_b, faults.b_to_a]
         for d, inj in enumerate(self.injectors):
             inj.spec.match = self._gate(d)
 
     def _gate(self, d: int) -> Callable[[bytes], bool]:
-        during = self.scn.faults.during
-        after = self.scn.faults.after_frames
+        """Direction ``d``'s predicate (0: host -> peer): is this frame in a window of
+        ``faults.during`` (and of the kind ``faults.frames``, the ``faults.nth`` of its window)?
+        Counts per direction in :attr:`gate_stats`: windows that saw an eligible frame, frames
+        handed to the injector."""
+        fs = self.scn.faults
+        during = fs.during
+        after = fs.after_frames
+        kind = _FRAME_KIND.get(fs.frames)
+        nth = fs.nth
+        stats = self.gate_stats[_DIRECTION_NAMES[d]]
         by_port = self.by_port
         handoff_states = (OffloadState.OFFLOADING, OffloadState.UPLOADING)
+        phase = {"offloading": OffloadState.OFFLOADING, "uploading": OffloadState.UPLOADING,
+                 "offloaded": OffloadState.OFFLOADED}.get(during)
         off = 14
+
+        def window_of(c: ConnRun) -> int:
+            """Which window of ``c`` a frame in a window belongs to (entries into the phase)."""
+            if phase is None:  # handoff: a window per Offloading or Uploading entered
+                return c.entered[OffloadState.OFFLOADING] + c.entered[OffloadState.UPLOADING]
+            return c.entered[phase]
+
+        def in_window(c: ConnRun, frame: bytes) -> bool:
+            st = c.sock.offload_state
+            if during == "offloaded":
+                return st is OffloadState.OFFLOADED and (kind is None or kind(frame))
+            if during == "handoff":
+                if st is not c.gate_state[d]:
+                    c.gate_state[d] = st
+                    c.gate_left[d] = after
+                if kind is not None and not kind(frame):
+                    return False
+                if st in handoff_states:
+                    return True
+            else:  # offloading | uploading: a window opens when the connection enters it
+                n = c.entered[phase]
+                if n != c.gate_window[d]:
+                    c.gate_window[d] = n
+                    c.gate_left[d] = after
+                if kind is not None and not kind(frame):
+                    return False
+                if st is phase:
+                    return True
+            if c.gate_left[d] > 0:
+                c.gate_left[d] -= 1
+                return True
+            return False
 
         def match(frame: bytes) -> bool:
             if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
@@ -756,20 +831,18 @@ class Controller:
             t = off + (frame[off] & 0x0F) * 4
             sport, dport = struct.unpack_from("!HH", frame, t)
             c = by_port.get((sport, dport) if d == 0 else (dport, sport))
-            if c is None or c.sock is None:
+            if c is None or c.sock is None or not in_window(c, frame):
                 return False
-            st = c.sock.offload_state
-            if during == "offloaded":
-                return st is OffloadState.OFFLOADED
-            if st is not c.gate_state[d]:
-                c.gate_state[d] = st
-                c.gate_left[d] = after
-            if st in handoff_states:
-                return True
-            if c.gate_left[d] > 0:
-                c.gate_left[d] -= 1
-                return True
-            return False
+            w = window_of(c)
+            if w != c.gate_nth_window[d]:
+                c.gate_nth_window[d] = w
+                c.gate_seen[d] = 0
+                stats["windows"] += 1
+            c.gate_seen[d] += 1
+            if nth is not None and c.gate_seen[d] != nth:
+                return False
+            stats["targeted"] += 1
+            return True
 
         return match
 
@@ -1385,6 +1458,9 @@ def _finish(scn: Scenario, opts: RunOptions, seed: int, mode: str, paths: dict[s
         "target_faults": ctl.target_faults,
         "target_fault_log": ctl.fault_log[-2000:],
         "faults": r["faults"].counters() if r["faults"] is not None else None,
+        # the gate of faults.during/frames/nth, per direction: windows that saw an eligible
+        # frame, frames handed to the injector (its counters say what it did to them)
+        "fault_gate": ctl.gate_stats if ctl.injectors else None,
         # the host stack's IPv4 reassembly (fragments come up the ordinary receive path, T.9)
         "reassembly": oh.stack.reassembly.counters.as_dict(),
         "files": {k: v for k, v in paths.items() if k != "dir" and (k != "kernel_pcap"
@@ -1585,11 +1661,16 @@ def render_report(rep: dict[str, Any]) -> str:
                      f"offloads {c['offloads']} uploads {c['uploads']} RSTs {c['rsts']}"
                      + (f"  error: {c['error']}" if c["error"] else ""))
     names = {"a_to_b": "host->peer", "b_to_a": "peer->host"}
+    during = ((rep.get("scenario") or {}).get("faults") or {}).get("during", "")
     for d, fc in (rep.get("faults") or {}).items():
         acted = {k: v for k, v in fc.items() if v and k not in ("frames_in", "eligible", "delivered")}
         if acted:
+            gate = (rep.get("fault_gate") or {}).get(d)
             lines.append(f"  wire faults {names.get(d, d)}: {fc['eligible']} of {fc['frames_in']} "
-                         "frames eligible; " + ", ".join(f"{k} {v}" for k, v in acted.items()))
+                         "frames eligible"
+                         + (f" ({gate['targeted']} in {gate['windows']} {during} windows)"
+                            if gate else "")
+                         + "; " + ", ".join(f"{k} {v}" for k, v in acted.items()))
     ra = rep.get("reassembly") or {}
     if ra.get("fragments_in"):
         lost = {k: v for k, v in ra.items() if v and k not in ("fragments_in", "reassembled")}

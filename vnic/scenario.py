@@ -45,14 +45,21 @@ target holds the connection.
     [faults]                      # wire faults; `up` = host -> peer, `down` = peer -> host,
     during = "always"             # `both` = each direction. Keys of vnic.faults.FaultSpec:
     after_frames = 16             # loss, duplicate, reorder, delay, jitter, corrupt, truncate,
-    [faults.both]                 # gilbert = {p, r, loss_good, loss_bad}, start, stop, skip,
-    loss = 0.01                   # count, fragment (probability: split an IPv4 frame into
-    fragment = 0.5                # fragments of fragment_size payload octets, a multiple of 8,
-    fragment_size = 512           # default 512; fragment_reorder = true: last fragment first;
-                                  # fragment_loss: probability each fragment is dropped)
+    frames = "any"                # gilbert = {p, r, loss_good, loss_bad}, start, stop, skip,
+    [faults.both]                 # count, fragment (probability: split an IPv4 frame into
+    loss = 0.01                   # fragments of fragment_size payload octets, a multiple of 8,
+    fragment = 0.5                # default 512; fragment_reorder = true: last fragment first;
+    fragment_size = 512           # fragment_loss: probability each fragment is dropped)
                                   # ... `during`: "always", "offloaded" (frames of offloaded
                                   # connections), "handoff" (while Offloading/Uploading and the
-                                  # first `after_frames` frames of a connection after each change)
+                                  # first `after_frames` frames of a connection after each change),
+                                  # "offloading" / "uploading" (while in that state and the first
+                                  # `after_frames` frames after it left it); `frames`: "any",
+                                  # "data" (TCP segments with payload) or "control" (without),
+                                  # the only frames faulted and counted by after_frames; `nth = N`
+                                  # (not with "always"): only the Nth of them in each window (per
+                                  # connection and direction, from entering the state: Offloaded,
+                                  # Offloading or Uploading); skip/count go over the whole run
     [expect]
     intact = true                 # every stream arrived complete (bytes + SHA-256 at both ends)
     no_rst = true                 # no RST on any connection before its application finished
@@ -86,7 +93,7 @@ from vnic.verify import RULES
 __all__ = [
     "ScenarioError", "Scenario", "RunSpec", "FlowSpec", "PauseSpec", "ScheduleEntry",
     "FaultsSpec", "ExpectSpec", "load_scenario", "parse_scenario", "parse_size",
-    "ACTIONS", "CONDITIONS", "TARGET_FAULTS", "LOSS_RULES",
+    "ACTIONS", "DURING", "FRAME_KINDS", "CONDITIONS", "TARGET_FAULTS", "LOSS_RULES",
 ]
 
 ACTIONS = ("offload", "terminate", "target_request", "upload_all", "pause_reading",
@@ -115,7 +122,8 @@ LOSS_RULES = ("terminate-returned-state", "stream-complete", "digest-match", "no
 CONDITIONS = ("data", "peer_zero_window", "app_not_reading")
 MODES = ("tap", "sim", "auto")
 DIRECTIONS = ("up", "down", "both")
-DURING = ("always", "offloaded", "handoff")
+DURING = ("always", "offloaded", "handoff", "offloading", "uploading")
+FRAME_KINDS = ("any", "data", "control")  # [faults] frames: TCP segments with / without payload
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -224,6 +232,8 @@ class FaultsSpec:
     down: FaultSpec | None = None
     during: str = "always"
     after_frames: int = 16
+    frames: str = "any"  # "data" | "control": only TCP segments with / without payload
+    nth: int | None = None  # only the nth eligible frame of each window (conn, direction)
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -603,10 +613,15 @@ def _parse_target_fault(c: _Ctx, d: dict[str, Any], where: str, e: ScheduleEntry
 
 
 def _parse_faults(c: _Ctx, d: Any) -> FaultsSpec:
-    d = c.table(d, "faults", {"up", "down", "both", "during", "after_frames"})
+    d = c.table(d, "faults", {"up", "down", "both", "during", "after_frames", "frames", "nth"})
     fs = FaultsSpec(during=c.choice(d, "during", "faults", DURING, "always"),
                     after_frames=c.number(d, "after_frames", "faults", 16, lo=0, integer=True),
+                    frames=c.choice(d, "frames", "faults", FRAME_KINDS, "any"),
+                    nth=c.number(d, "nth", "faults", None, lo=1, integer=True),
                     raw=dict(d))
+    if fs.nth is not None and fs.during == "always":
+        raise c.fail("faults.nth", "counts frames per window: needs `during` = offloaded, "
+                                   "handoff, offloading or uploading, not \"always\"")
     specs: dict[str, dict[str, Any]] = {"up": {}, "down": {}}
     for key in ("both", "up", "down"):
         if key not in d:

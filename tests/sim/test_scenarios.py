@@ -24,7 +24,7 @@ needs_datapath = pytest.mark.skipif(not getattr(table_mod, "HAS_DATAPATH", False
 
 
 def test_there_are_example_scenarios() -> None:
-    assert 4 <= len(SCENARIOS) <= 10, SCENARIOS
+    assert 4 <= len(SCENARIOS) <= 11, SCENARIOS
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
@@ -154,6 +154,41 @@ def test_fragments_scenario_reports_the_fragments(tmp_path: Path) -> None:
     assert f"fragmented {wire['fragmented']}" in text and "host IPv4 reassembly" in text
 
 
+@needs_datapath
+def test_first_segment_after_upload_drops_one_segment_per_upload(tmp_path: Path) -> None:
+    """scenarios/first-segment-after-upload.toml: during = "uploading", frames = "data",
+    nth = 1.  Host -> peer, exactly one frame is dropped per upload: in this seeded (so
+    deterministic) run the host still has data to send after each of its 12 uploads (3 cycles
+    at byte points inside the transfer), so every window sees a host data segment and its 1st
+    one is the frame dropped.  Peer -> host, the 1st data segment of a window is duplicated;
+    the peer may have sent all it had before a late upload: at least one, at most one per
+    upload."""
+    from vnic.runner import render_report
+
+    scn = load_scenario(ROOT / "scenarios" / "first-segment-after-upload.toml")
+    report = run_scenario(scn, RunOptions(sim=True, out=str(tmp_path), picture=False))
+    assert report["ok"], [e for e in report["expectations"] if e["ok"] is not True]
+    uploads = report["uploads"]
+    assert uploads == sum(c["uploads"] for c in report["connections"]) >= 12
+    up, down = report["faults"]["a_to_b"], report["faults"]["b_to_a"]
+    gate = report["fault_gate"]
+    # host -> peer: one drop per upload window, nothing else touched
+    assert up["dropped"] == up["eligible"] == uploads
+    assert gate["a_to_b"] == {"windows": uploads, "targeted": uploads}
+    assert up["duplicated"] == 0 and up["frames_in"] > 100 * uploads
+    # peer -> host: one duplicate per window the peer sent data in
+    assert 0 < down["duplicated"] == down["eligible"] == gate["b_to_a"]["targeted"] <= uploads
+    assert gate["b_to_a"]["windows"] == gate["b_to_a"]["targeted"] and down["dropped"] == 0
+    # byte-exact streams, no reset, the verifier content
+    for c in report["connections"]:
+        assert c["rsts"] == 0 and c["intact"]
+        assert all(x["intact"] and x["bytes_received"] == x["bytes_sent"] == 1 << 20
+                   for x in c["directions"].values())
+    assert report["verify"]["ok"], report["verify"]["failures"]
+    text = render_report(report)
+    assert f"({uploads} in {uploads} uploading windows); dropped {uploads}" in text
+
+
 # ---- mistakes in scenario files --------------------------------------------------------------
 
 BAD = [
@@ -180,6 +215,18 @@ BAD = [
     ("[[flow]]\n[faults.up]\nloss = 1.5\n", "faults.up.loss: must be within 0..1"),
     ("[[flow]]\n[faults.both]\nlos = 0.1\n", "faults.both.los: unknown key"),
     ("[[flow]]\n[faults]\nduring = 'sometimes'\n", "faults.during: must be one of always"),
+    ("[[flow]]\n[faults]\nduring = 'upload'\n",
+     "faults.during: must be one of always, offloaded, handoff, offloading, uploading, not 'upload'"),
+    ("[[flow]]\n[faults]\nduring = 'uploading'\nframes = 'payload'\n",
+     "faults.frames: must be one of any, data, control, not 'payload'"),
+    ("[[flow]]\n[faults]\nduring = 'uploading'\nframes = 1\n", "faults.frames: must be a string"),
+    ("[[flow]]\n[faults]\nduring = 'uploading'\nnth = 0\n", "faults.nth: must be >= 1, not 0"),
+    ("[[flow]]\n[faults]\nduring = 'offloading'\nnth = 1.5\n", "faults.nth: must be an integer"),
+    ("[[flow]]\n[faults]\nduring = 'handoff'\nnth = true\n",
+     "faults.nth: must be an integer, not a boolean"),
+    ("[[flow]]\n[faults]\nnth = 1\n[faults.up]\nloss = 1.0\n",
+     "faults.nth: counts frames per window: needs `during` = offloaded, handoff, offloading or"),
+    ("[[flow]]\n[faults]\nnt = 1\n", "faults.nt: unknown key"),
     ("[[flow]]\n[faults.down]\nfragment = 2\n", "faults.down.fragment: must be within 0..1"),
     ("[[flow]]\n[faults.down]\nfragment_size = 100\n",
      "faults.down.fragment_size: must be a multiple of 8"),
