@@ -792,6 +792,9 @@ class Controller:
         phase = {"offloading": OffloadState.OFFLOADING, "uploading": OffloadState.UPLOADING,
                  "offloaded": OffloadState.OFFLOADED}.get(during)
         off = 14
+        # the state a phase leads to: its "after" frames are that state's first ones
+        after_phase = (OffloadState.IN_HOST if phase is OffloadState.UPLOADING
+                       else OffloadState.OFFLOADED if phase is OffloadState.OFFLOADING else None)
 
         def window_of(c: ConnRun) -> int:
             """Which window of ``c`` a frame in a window belongs to (entries into the phase)."""
@@ -820,6 +823,12 @@ class Controller:
                     return False
                 if st is phase:
                     return True
+                if st is not after_phase:
+                    # the "after" frames are those of the state the phase leads to (back in
+                    # the host after Uploading, Offloaded after Offloading): a next handoff
+                    # closes the window
+                    c.gate_left[d] = 0
+                    return False
             if c.gate_left[d] > 0:
                 c.gate_left[d] -= 1
                 return True

@@ -54,7 +54,8 @@ target holds the connection.
                                   # connections), "handoff" (while Offloading/Uploading and the
                                   # first `after_frames` frames of a connection after each change),
                                   # "offloading" / "uploading" (while in that state and the first
-                                  # `after_frames` frames after it left it); `frames`: "any",
+                                  # `after_frames` frames of the state it leads to, Offloaded /
+                                  # back in the host, until the next handoff); `frames`: "any",
                                   # "data" (TCP segments with payload) or "control" (without),
                                   # the only frames faulted and counted by after_frames; `nth = N`
                                   # (not with "always"): only the Nth of them in each window (per

@@ -248,3 +248,21 @@ def test_scenario_keys_parse() -> None:
             assert (scn.faults.during, scn.faults.frames, scn.faults.nth) == (during, kind, 3)
     scn = parse_scenario({"flow": [{}], "faults": {"frames": "data", "down": {"loss": 1.0}}})
     assert scn.faults.frames == "data" and scn.faults.nth is None
+
+
+def test_a_next_handoff_closes_the_after_window() -> None:
+    # the "after" frames of an uploading window are the resumed connection's in the host: when
+    # the next offload starts before after_frames of them went by, the window is over (the
+    # NIC's frames are not "after the upload")
+    rig = Rig({"during": "uploading", "after_frames": 8})
+    rig.enter(0, OFFLOADING)
+    rig.enter(0, OFFLOADED)
+    rig.enter(0, UPLOADING)
+    rig.enter(0, IN_HOST)
+    assert rig.ups(2) == [True, True]          # the first frames back in the host
+    rig.enter(0, OFFLOADING)
+    assert rig.ups(3) == [False] * 3           # a new handoff: window closed
+    rig.enter(0, OFFLOADED)
+    assert rig.ups(3) == [False] * 3
+    rig.enter(0, UPLOADING)                    # the next upload opens a new one
+    assert rig.ups(1) == [True]
