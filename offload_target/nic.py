@@ -43,6 +43,10 @@ class NicNode:
         self.now = 0.0
         self.counters: dict[str, int] = {"frames_in": 0, "frames_out": 0, "passed_up": 0,
                                           "consumed": 0}
+        # the target runs first in poll and its indications call into the host (T.7 answers
+        # the age of the host's neighbor entry): the host's clock must say now, not its last
+        # poll (HostStack.advance_clock; a host without one keeps its own clock)
+        self._advance_host_clock = getattr(host, "advance_clock", None)
 
     # -- FrameNode -------------------------------------------------------------------------------
     def receive_frame(self, frame: bytes, now: float) -> None:
@@ -70,11 +74,8 @@ class NicNode:
 
     def poll(self, now: float) -> list[bytes]:
         self.now = max(self.now, now)
-        # the target runs first and its indications call into the host (T.7 answers the age
-        # of the host's neighbor entry): the host's clock must say now, not its last poll
-        advance = getattr(self.host, "advance_clock", None)
-        if advance is not None:
-            advance(now)
+        if self._advance_host_clock is not None:
+            self._advance_host_clock(now)
         out: list[bytes] = []
         for _ in range(_MAX_ROUNDS):
             out += self.target.poll(now)

@@ -124,13 +124,11 @@ def lookup_arguments(keys: list[Key], order: list[int]) -> list[Key]:
 
 
 def bench_impl(table_type: type, keys: list[Key], order: list[int], frames: list[bytes],
-               rounds: int = ROUNDS, shuffled: list[Key] | None = None) -> dict[str, Any]:
+               shuffled: list[Key], rounds: int = ROUNDS) -> dict[str, Any]:
     """Rates of one implementation (best of ``rounds`` fill/lookup/empty cycles, each on a
     new table) and its memory figures for this many connections (first round).
-    ``shuffled``: :func:`lookup_arguments` of ``keys`` and ``order`` (made here if not given)."""
+    ``shuffled``: :func:`lookup_arguments` of ``keys`` and ``order``, the same for both."""
     n = len(keys)
-    if shuffled is None:
-        shuffled = lookup_arguments(keys, order)
     bursts = [frames[i:i + BURST] for i in range(0, len(frames), BURST)]
     best: dict[str, float] = {}
     memory = rss_delta = 0
@@ -204,14 +202,14 @@ def run_table_bench(n_connections: int = MEMORY_CONNECTIONS,
         "frames_classified": len(frames),
         "burst": BURST,
         "c": None,
-        "python": bench_impl(pytable.ConnectionTable, keys, order, frames, shuffled=shuffled),
+        "python": bench_impl(pytable.ConnectionTable, keys, order, frames, shuffled),
         "ratio": None,
         "memory": None,
         "goals": None,
     }
     if _ctable is not None:
         say(f"C table: {n_connections:,} connections, best of {ROUNDS} rounds")
-        report["c"] = bench_impl(_ctable.ConnectionTable, keys, order, frames, shuffled=shuffled)
+        report["c"] = bench_impl(_ctable.ConnectionTable, keys, order, frames, shuffled)
         report["ratio"] = {op: report["c"][f"{op}_per_s"] / report["python"][f"{op}_per_s"]
                            for op in OPERATIONS}
         if n_connections == memory_connections:
